@@ -1,0 +1,1 @@
+"""Placeholder: pytest plugin (issue 9). Inert until implemented."""

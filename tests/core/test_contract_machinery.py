@@ -1,0 +1,38 @@
+"""The contract generator itself, on a fake record: every ordering passes, and a broken patch fails."""
+
+from pathlib import Path
+
+import pytest
+
+from ..contract import ORDERINGS, check_ordering, ordering_id, run_ordering
+
+SOURCE = """
+class Base:
+    def method(self, x):
+        return x
+
+def function(x):
+    return x
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("contract")
+    (root / "fake_contract_target.py").write_text(SOURCE)
+    return [str(root), str(Path(__file__).parent)]
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS, ids=ordering_id)
+def test_fake_record_honours_the_contract(fake_path, ordering):
+    result = run_ordering("fake-contract", ordering, "fake_records:make_manager", fake_path)
+    assert "skip" not in result
+    check_ordering(result, ordering)
+
+
+def test_the_contract_catches_a_double_wrap(fake_path):
+    ordering = ("import", "apply", "revert")
+    result = run_ordering("fake-contract", ordering, "fake_records:make_manager", fake_path)
+    result["states"][1]["targets"]["fake_contract_target:function"]["ours"] = 2  # what a bug looks like
+    with pytest.raises(AssertionError):
+        check_ordering(result, ordering)

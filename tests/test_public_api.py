@@ -1,0 +1,128 @@
+"""The public surface: names, lazy imports, the report command, the vLLM entry point, the guard."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+import compat_patches
+from compat_patches.core import STATUSES, UnknownPatchError
+
+NAMES = ("transformers-rope-ignore-keys", "peft-moe-regex-targets", "vllm-ascend-moe-layout",
+         "fsdp-packed-experts", "vllm-fused-expert-kwargs")
+HEAVY = ("torch", "transformers", "peft", "vllm", "vllm_ascend", "verl", "numpy")
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=120)
+
+
+def test_stable_names():
+    assert compat_patches.patch_names() == NAMES
+    for name in NAMES:
+        assert compat_patches.get_patch(name).name == name
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(UnknownPatchError) as info:
+        with compat_patches.patched("transformers-rope"):
+            pass
+    assert "'transformers-rope'" in str(info.value)
+    for name in NAMES:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("code", [
+    "import compat_patches",
+    "import compat_patches; compat_patches.apply_all(); compat_patches.report()",
+    "import compat_patches.auto",
+    "import compat_patches.vllm_plugin as p; p.register()",
+])
+def test_imports_nothing_heavy(code):
+    proc = run_python(f"{code}\nimport sys, json; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
+
+
+def test_plain_import_does_not_pay_for_wrapt_or_asyncio():
+    proc = run_python("import compat_patches, sys; print(sorted(m for m in ('wrapt', 'asyncio') if m in sys.modules))")
+    assert proc.stdout.split()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_report_command_json_lists_every_patch():
+    proc = subprocess.run([sys.executable, "-m", "compat_patches", "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads(proc.stdout)
+    assert [e["name"] for e in entries] == list(NAMES)
+    for entry in entries:
+        assert entry["status"] in STATUSES
+        assert entry["reason"]
+        assert set(entry["versions"]) == set(compat_patches.get_patch(entry["name"]).affected)
+
+
+def test_report_command_table():
+    proc = subprocess.run([sys.executable, "-m", "compat_patches", "--lazy"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.splitlines()[0].split()
+    assert header == ["patch", "library", "range", "status", "reason"]
+    for name in NAMES:
+        assert name in proc.stdout
+
+
+def test_report_command_honours_disable():
+    proc = subprocess.run([sys.executable, "-m", "compat_patches", "--json", "--lazy"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, COMPAT_PATCHES_DISABLE="1"))
+    assert {e["status"] for e in json.loads(proc.stdout)} == {"disabled"}
+
+
+def test_vllm_entry_point_is_declared_and_applies():
+    points = [ep for ep in metadata.entry_points(group="vllm.general_plugins")
+              if ep.name == "compat_patches"]
+    assert len(points) == 1 and points[0].value == "compat_patches.vllm_plugin:register"
+    code = ("from importlib import metadata\n"
+            "ep = [e for e in metadata.entry_points(group='vllm.general_plugins') if e.name == 'compat_patches'][0]\n"
+            "report = ep.load()()\n"
+            "import compat_patches\n"
+            "print(compat_patches.report().to_json())")
+    for env, allowed in (({}, None), ({"COMPAT_PATCHES_DISABLE": "1"}, {"disabled"})):
+        proc = run_python(code, **env)
+        assert proc.returncode == 0, proc.stderr
+        statuses = {e["status"] for e in json.loads(proc.stdout.splitlines()[-1])}
+        if allowed:
+            assert statuses == allowed
+        else:
+            assert "pending" not in statuses  # every in-range patch was applied or deferred
+
+
+def test_vllm_entry_point_rejects_a_misspelt_name():
+    proc = run_python("import compat_patches.vllm_plugin as p; p.register()",
+                      COMPAT_PATCHES_ONLY="rope-typo")
+    assert proc.returncode != 0
+    assert "unknown patch name(s) 'rope-typo' in COMPAT_PATCHES_ONLY" in proc.stderr
+
+
+def test_guard_fails_a_test_that_leaves_a_patch_applied(pytester, monkeypatch):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    pytester.makeconftest("from tests.conftest import _no_patch_left_applied\n")
+    pytester.makepyfile(test_leaky="""
+        from tests.core.fakes import make_patch, manager
+        import types, sys
+        mod = types.ModuleType("leaky_target")
+        exec("def function(a, b):\\n    return a + b", mod.__dict__)
+        sys.modules["leaky_target"] = mod
+
+        def test_leaks():
+            manager(make_patch("leaky_target", attribute="function")).apply_all()
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
+                                           f"--rootdir={pytester.path}")
+    result.stdout.fnmatch_lines(["*Failed: test left patches applied: *fake-fix*"])
+    result.assert_outcomes(passed=1, errors=1)
