@@ -27,6 +27,9 @@ TEST_DEPS = ["pytest>=8", "hypothesis"]
 # with @pytest.mark.requires(...) and skip (with the reason) in the sets that lack it.
 VERSION_SETS = {
     "core": ([], False, ["quick", "full"]),
+    "wrapt-2.4.0": (["wrapt==2.4.0"], False, ["quick", "full"]),  # the floor setup.cfg declares
+    "torch": ([], True, ["quick", "full"]),
+    "distributed": (["ray==2.60.0"], True, ["quick", "full"]),  # Ray workers, torchrun, launcher  # pure tensor helpers; vllm-ascend sources read with ast
 }
 
 

@@ -1,8 +1,8 @@
 """Which process applied what: the one call every process entry point makes.
 
-Every way of patching a process that is not the user's own code (the launcher's ``sitecustomize``,
-the Ray ``worker_process_setup_hook``, the pytest plugin; proposed for ``compat_patches.auto`` and the
-vLLM plugin) goes through :func:`activate`, which
+Every entry point that patches a process (the launcher's ``sitecustomize``, the Ray
+``worker_process_setup_hook``, the pytest plugin, ``compat_patches.auto``, the vLLM plugin) goes
+through :func:`activate`, which
 
 - applies the patches (honouring ``COMPAT_PATCHES_DISABLE`` / ``_ONLY`` / ``_STRICT``),
 - never raises unless strict mode is on: a patch problem, even a misspelt name in an environment
@@ -43,7 +43,7 @@ class Activation:
     pid: int
     report: Optional[object]  # compat_patches.Report, or None when even the report could not be made
     error: Optional[str] = None  # the configuration or patch error that was reported, not raised
-    argv: Tuple[str, ...] = field(default_factory=lambda: tuple(sys.argv))
+    argv: Tuple[str, ...] = field(default_factory=lambda: tuple(getattr(sys, "argv", ())))
     time: float = field(default_factory=time.time)
 
     @property
@@ -127,12 +127,12 @@ def validate_names(names, source="argument"):
 def validate_environment(environ=None):
     """Check COMPAT_PATCHES_ONLY / COMPAT_PATCHES_DISABLE of `environ` (default os.environ) as the
     core will read them in the process that gets this environment; raises UnknownPatchError."""
-    from compat_patches.core.manager import ENV_DISABLE, ENV_ONLY, _TRUE
+    from compat_patches.core import ENV_DISABLE, ENV_ONLY, TRUE_VALUES
 
     environ = os.environ if environ is None else environ
     disable = environ.get(ENV_DISABLE, "")
     parts = [name.strip() for name in disable.split(",") if name.strip()]
-    if not any(part.lower() in _TRUE for part in parts):
+    if not any(part.lower() in TRUE_VALUES for part in parts):
         validate_names(parts, ENV_DISABLE)
     validate_names(environ.get(ENV_ONLY, ""), ENV_ONLY)
 
@@ -147,7 +147,7 @@ def activate(via, *, only=None, exclude=None, strict=None):
     report, error = None, None
     try:
         import compat_patches
-        from compat_patches.core.manager import env_strict
+        from compat_patches.core import env_strict
 
         strict = env_strict() if strict is None else strict
         report = compat_patches.apply_all(only=only, exclude=exclude, strict=strict)

@@ -17,10 +17,11 @@ from __future__ import annotations
 __all__ = ["broadcast_tensor", "device_namespace"]
 
 
-def _as_device(device):
-    import torch
-
-    return device if isinstance(device, torch.device) else torch.device(device)
+def _device_type(device):
+    # a string is parsed by hand: torch.device("npu:0") only parses once torch_npu is imported
+    if isinstance(device, str):
+        return device.split(":", 1)[0]
+    return getattr(device, "type", None)
 
 
 def device_namespace(device_type):
@@ -44,8 +45,8 @@ def broadcast_tensor(communicator, tensor, src=0):
 
     ``communicator`` needs ``broadcast(tensor, src, stream=...)`` and optionally ``device`` (falls
     back to ``tensor.device``). Returns ``tensor`` (filled in place on the receiving ranks)."""
-    device = _as_device(getattr(communicator, "device", None) or tensor.device)
-    namespace = device_namespace(device.type)
+    device = getattr(communicator, "device", None) or tensor.device
+    namespace = device_namespace(_device_type(device))
     if namespace is None:
         communicator.broadcast(tensor, src=src)
         return tensor

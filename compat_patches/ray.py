@@ -34,6 +34,7 @@ _HOOK_KEY = "worker_process_setup_hook"
 _ENV_ONLY = "COMPAT_PATCHES_ONLY"
 _ENV_DISABLE = "COMPAT_PATCHES_DISABLE"
 _ENV_STRICT = "COMPAT_PATCHES_STRICT"
+_ENV_LOG_LEVEL = "COMPAT_PATCHES_LOG_LEVEL"
 
 
 def _load(path):
@@ -78,7 +79,7 @@ class ChainedSetup:
 
 
 def _names_value(names, variable):
-    if names is True:
+    if names is True or (isinstance(names, str) and names.strip().lower() in ("all", "1", "*")):
         return "1"
     return ",".join(validate_names(names, f"compat_patches.ray.runtime_env({variable}=...)"))
 
@@ -88,9 +89,10 @@ def runtime_env(existing=None, *, only=None, disable=None, strict=None):
     with our setup hook and switches merged in; `existing` itself is not modified.
 
     - `only`: patch names to apply (COMPAT_PATCHES_ONLY in the workers);
-    - `disable`: True (none) or patch names (COMPAT_PATCHES_DISABLE);
+    - `disable`: True or "all" (none at all) or patch names (COMPAT_PATCHES_DISABLE);
     - `strict`: True makes a drifted or failed patch stop the worker (COMPAT_PATCHES_STRICT);
-    - COMPAT_PATCHES_* set in this driver's environment are passed on to the workers unless given
+    - COMPAT_PATCHES_ONLY / _DISABLE / _STRICT / _LOG_LEVEL set in this driver's environment are
+      passed on to the workers unless given
       here or in `existing["env_vars"]` (workers on other nodes do not inherit the driver's env).
 
     Unknown names, here or in those variables, raise compat_patches.UnknownPatchError now.
@@ -104,7 +106,7 @@ def runtime_env(existing=None, *, only=None, disable=None, strict=None):
         env_vars[_ENV_DISABLE] = _names_value(disable, "disable")
     if strict is not None:
         env_vars[_ENV_STRICT] = "1" if strict else "0"
-    for variable in (_ENV_ONLY, _ENV_DISABLE, _ENV_STRICT):
+    for variable in (_ENV_ONLY, _ENV_DISABLE, _ENV_STRICT, _ENV_LOG_LEVEL):
         if variable not in env_vars and os.environ.get(variable):
             env_vars[variable] = os.environ[variable]
     validate_environment({k: v for k, v in env_vars.items() if k in (_ENV_ONLY, _ENV_DISABLE)})

@@ -18,6 +18,8 @@ Imports only the standard library, then compat_patches (wrapt, packaging): no ML
 import os
 import sys
 
+_TRUE = ("1", "true", "yes", "on", "all", "*")
+
 
 def _same_dir(entry, here):
     try:
@@ -61,11 +63,14 @@ def _activate():
         return None
     try:
         return activate("sitecustomize")
-    except Exception as exc:  # strict mode only: refuse to run unpatched
-        sys.stderr.write(f"compat_patches: strict mode (COMPAT_PATCHES_STRICT): "
+    except Exception as exc:  # activate() raises in strict mode only: refuse to run unpatched
+        strict = os.environ.get("COMPAT_PATCHES_STRICT", "").strip().lower() in _TRUE
+        sys.stderr.write(f"compat_patches: {'strict mode (COMPAT_PATCHES_STRICT): ' if strict else ''}"
                          f"{exc.__class__.__name__}: {exc}\n")
-        sys.stderr.flush()
-        os._exit(1)
+        if strict:
+            sys.stderr.flush()
+            os._exit(1)
+        return None
 
 
 if __name__ == "sitecustomize":

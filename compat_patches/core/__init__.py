@@ -1,11 +1,14 @@
 """The patch framework. Knows no library: patches are records handed to a PatchManager."""
 
 from .errors import CompatPatchesError, PatchDriftError, PatchFailedError, UnknownPatchError
-from .manager import PatchManager, live_managers
+from .manager import (
+    ENV_DISABLE, ENV_ONLY, ENV_STRICT, TRUE_VALUES, PatchManager, env_strict, live_managers,
+)
 from .record import Patch, Target
 from .report import STATUSES, PatchReport, Report
 
 __all__ = [
     "CompatPatchesError", "PatchDriftError", "PatchFailedError", "UnknownPatchError",
-    "PatchManager", "live_managers", "Patch", "Target", "STATUSES", "PatchReport", "Report",
+    "PatchManager", "live_managers", "ENV_DISABLE", "ENV_ONLY", "ENV_STRICT", "TRUE_VALUES",
+    "env_strict", "Patch", "Target", "STATUSES", "PatchReport", "Report",
 ]

@@ -21,7 +21,7 @@ logger = logging.getLogger("compat_patches")
 ENV_DISABLE = "COMPAT_PATCHES_DISABLE"
 ENV_ONLY = "COMPAT_PATCHES_ONLY"
 ENV_STRICT = "COMPAT_PATCHES_STRICT"
-_TRUE = {"1", "true", "yes", "on", "all", "*"}
+TRUE_VALUES = frozenset({"1", "true", "yes", "on", "all", "*"})
 
 _live_managers = []  # strong: a manager whose wrappers are installed must stay reachable
 
@@ -37,7 +37,7 @@ def _env_names(variable):
 
 
 def env_strict():
-    return os.environ.get(ENV_STRICT, "").strip().lower() in _TRUE
+    return os.environ.get(ENV_STRICT, "").strip().lower() in TRUE_VALUES
 
 
 class _State:
@@ -84,9 +84,9 @@ class PatchManager:
     def _env_block(self, name):
         """Why the environment switches this patch off, or None."""
         disable = _env_names(ENV_DISABLE)
-        if any(value.lower() in _TRUE for value in disable):
+        if any(value.lower() in TRUE_VALUES for value in disable):
             return f"{ENV_DISABLE}={os.environ[ENV_DISABLE]}"
-        self._validate([v for v in disable if v.lower() not in _TRUE], ENV_DISABLE)
+        self._validate([v for v in disable if v.lower() not in TRUE_VALUES], ENV_DISABLE)
         if name in disable:
             return f"listed in {ENV_DISABLE}"
         only = _env_names(ENV_ONLY)
@@ -315,9 +315,9 @@ class PatchManager:
     def _snapshot(self, state):
         if state.active and state.last is not None:
             return state.last
-        if state.last is not None and state.last.status == st.FAILED:
-            return state.last
         blocked = self._env_block(state.patch.name)
+        if not blocked and state.last is not None and state.last.status in (st.FAILED, st.DRIFTED):
+            return state.last  # what the last attempt found stays true until the next attempt
         if blocked:
             _, _, versions, _ = self._gate(state.patch)
             return self._entry(state, st.DISABLED, blocked, versions)

@@ -11,3 +11,9 @@ from .ascend_layout import (  # noqa: F401  (vLLM-Ascend processed/preprocessed 
     w13_to_processed,
     write_expert_shard,
 )
+from .packed_experts import (  # noqa: F401  (Transformers-5 packed experts -> per-expert vLLM keys)
+    PACKED_NATIVE_MODEL_TYPES,
+    expand_packed_experts,
+    iter_vllm_compatible_moe_params,
+    packed_expert_kind,
+)

@@ -1,11 +1,98 @@
-"""Placeholder record: the fix is not implemented yet (the name and gate are real)."""
+"""verl's FSDP engine streams Transformers-5 packed MoE experts to vLLM: expand them per expert.
 
-from compat_patches.core import Patch
+With transformers 5, a Qwen-style MoE layer holds ``mlp.experts.gate_up_proj`` ``[E, 2I, H]`` and
+``mlp.experts.down_proj`` ``[E, H, I]``. verl's ``FSDPEngine.get_per_tensor_param`` (the generator
+that rollout weight sync feeds to vLLM's ``load_weights``) streams these packed tensors under their
+packed names from 0.6.0 through 0.8.0, while vLLM's Qwen-MoE reload path expects the per-expert
+checkpoint keys ``mlp.experts.{e}.gate_proj.weight`` / ``up_proj.weight`` / ``down_proj.weight``.
+verl 0.9.0 fixed it (``unfuse_moe_params`` in ``verl/workers/engine/fsdp/utils.py``, applied in
+``get_per_tensor_param``; verl-project/verl PR 6896, backported to the release/v0.8.0 branch by PR
+6923 after 0.8.0 was published: a later 0.8.x build that carries it is reported "drifted" by the
+source check below instead of being wrapped). vLLM's own RLHF example (rlhf_ipc_fsdp_ep) un-fuses the
+same way before load_weights.
+
+The wrapper leaves verl's function untouched and wraps the generator it returns with
+:func:`compat_patches.moe.expand_packed_experts`: lazy, one parameter at a time, every expert tensor
+a view of the gathered full tensor (no copy). Not expanded: GPT-OSS (vLLM loads its packed tensors
+as they are, as verl 0.9 does) and the LoRA adapter-only sync of 0.6.x (a dict of LoRA tensors).
+
+Measured from the wheels: 0.5.0 has no FSDP engine; 0.6.0, 0.6.1 and 0.7.0 define
+``get_per_tensor_param(self, layered_summon=False, base_sync_done=False)`` (0.6.x return the
+stream, 0.7.0 a ``(stream, peft_config)`` pair); 0.7.1 and 0.8.0 add ``**kwargs`` and return
+``(stream, peft_config_dict)``; 0.9.0 and 0.9.1 call ``unfuse_moe_params``.
+"""
+
+from compat_patches.core import Patch, Target
+
+_STREAM_HINT = "unfuse_moe_params"
+
+
+def _model_type(engine):
+    hf_config = getattr(getattr(engine, "model_config", None), "hf_config", None)
+    return getattr(hf_config, "model_type", None)
+
+
+def _expand(stream, model_type):
+    from collections.abc import Mapping
+
+    from compat_patches.moe.packed_experts import expand_packed_experts
+
+    if stream is None or isinstance(stream, Mapping):  # LoRA adapter-only dicts: left as they are
+        return stream
+    return expand_packed_experts(stream, model_type=model_type)
+
+
+def _get_per_tensor_param_wrapper(wrapped, instance, args, kwargs):
+    result = wrapped(*args, **kwargs)
+    model_type = _model_type(instance)
+    if isinstance(result, tuple) and len(result) == 2:  # verl >= 0.7.0: (stream, peft_config)
+        return _expand(result[0], model_type), result[1]
+    return _expand(result, model_type)  # verl 0.6.x: the stream alone
+
+
+def _already_unfuses(original):
+    """Drift if this build already expands the experts itself (the 0.9.0 fix, backported)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(original)
+    except (OSError, TypeError):
+        return None
+    if _STREAM_HINT in source:
+        return f"get_per_tensor_param already calls {_STREAM_HINT} (upstream fix present)"
+    return None
+
+
+_TARGET = "verl.workers.engine.fsdp.transformer_impl:FSDPEngine.get_per_tensor_param"
 
 PATCH = Patch(
     name="fsdp-packed-experts",
-    summary="not implemented yet",
-    upstream="",
-    affected={"verl": "<0"},
-    targets=(),
+    summary=(
+        "verl FSDP weight sync streams Transformers-5 packed MoE experts (mlp.experts.gate_up_proj"
+        " [E,2I,H], down_proj [E,H,I]); expand them to vLLM's per-expert checkpoint keys, zero-copy"
+    ),
+    upstream="https://github.com/verl-project/verl/pull/6896",
+    affected={"verl": ">=0.6.0,<0.9.0", "transformers": ">=5.0.0rc0"},
+    fixed_in="verl 0.9.0",
+    targets=(
+        Target(
+            _TARGET,
+            wrapper=_get_per_tensor_param_wrapper,
+            params=("self", "layered_summon", "base_sync_done"),
+            check=_already_unfuses,
+            versions="<0.7.1",
+        ),
+        Target(
+            _TARGET,
+            wrapper=_get_per_tensor_param_wrapper,
+            params=("self", "layered_summon", "base_sync_done", "kwargs"),
+            check=_already_unfuses,
+            versions=">=0.7.1",
+        ),
+    ),
+    notes=(
+        "Helper without patching: compat_patches.moe.expand_packed_experts(named_tensors). "
+        "Same bug, not patched here: trl 1.16.0 VLLMGeneration._iter_named_params streams packed "
+        "names; ms-swift 4.6.0 keeps fused tensors on purpose (its own vLLM MoE loader patch)."
+    ),
 )

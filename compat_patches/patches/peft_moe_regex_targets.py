@@ -158,11 +158,11 @@ def resolve_regex_targets(
             if len(matched) != len(olds):
                 missing = [old for old in olds if old not in matched]
                 raise ValueError(
-                    f"peft-moe-regex-targets: target_modules regex {pattern.pattern!r} matches "
-                    f"{', '.join(f'{prefix}.{m}' for m in matched)} but not "
-                    f"{', '.join(f'{prefix}.{m}' for m in missing)}; Transformers 5 fuses "
-                    f"{' and '.join(olds)} into the single parameter {name!r}, which can only get one LoRA "
-                    f"for all of them. Match all of {list(olds)} there, or none."
+                    f"peft-moe-regex-targets: fused parameter {name!r}: target_modules regex "
+                    f"{pattern.pattern!r} matches {', '.join(f'{prefix}.{m}' for m in matched)} but not "
+                    f"{', '.join(f'{prefix}.{m}' for m in missing)}. Transformers 5 fuses "
+                    f"{' and '.join(olds)} into this one parameter, which takes one LoRA for all of them: "
+                    f"match all of {list(olds)} there, or none."
                 )
             branches = {branch_r_alpha(f"{prefix}.{old}" if prefix else old) for old in olds}
             if len(branches) != 1:
@@ -301,7 +301,7 @@ PATCH = Patch(
         "expert parameters (layer scope kept, gate+up fused rank/alpha doubled), not a char set (0.19) or "
         "every layer (0.20+)"
     ),
-    upstream="https://github.com/huggingface/peft/blob/v0.20.0/src/peft/utils/transformers_weight_conversion.py",
+    upstream="https://github.com/huggingface/peft/pull/3232",  # fixed the 0.19 crash only; the scope loss is unfixed
     affected={"peft": ">=0.19.0.dev0", "transformers": ">=5.0.0rc0"},
     fixed_in=None,
     targets=(

@@ -1,6 +1,7 @@
 """vllm-ascend-moe-layout: MoE expert weights reload in the right layout on vLLM-Ascend.
 
-The bug (read from every vllm-ascend release 0.13.0 - 0.30.0rc2, see the table in the README):
+The bug (read from every vllm-ascend release 0.11.0rc1 - 0.30.0rc2, see the table in the README;
+0.11.0rc0 and older do not transpose):
 ``AscendUnquantizedFusedMoEMethod.process_weights_after_loading(self, layer)`` turns ``w13_weight``
 ``[E, 2*I_tp, H]`` into ``[E, H, 2*I_tp]`` and ``w2_weight`` ``[E, H, I_tp]`` into ``[E, I_tp, H]``
 (``.transpose(1, 2).contiguous()``, then an NPU-only FRACTAL_NZ cast). A later weight reload (RL
@@ -13,7 +14,7 @@ newer (class moved to ``routed_experts.py``) call vLLM's ``replace_parameter``, 
 
 The fix wraps ``process_weights_after_loading``:
 
-* after the original ran, each of ``w13_weight``/``w2_weight`` gets its ``weight_loader`` back (0.13 -
+* after the original ran, each of ``w13_weight``/``w2_weight`` gets its ``weight_loader`` back (0.11 -
   0.25 Parameter replacement), wrapped in a layout-aware loader, and is marked "processed";
 * a second call on a layer that is already in the processed layout is a no-op (running it twice
   transposes the weights back: wrong);
@@ -268,6 +269,11 @@ def _process_wrapper(wrapped, instance, args, kwargs):
             return None
         if state == "mixed":   # never transpose a processed tensor a second time
             _restore_layer(layer, None)
+            state = "preprocessed"
+        if state == "preprocessed" and isinstance(getattr(instance, "transpose", None), bool):
+            # 0.11.x transposes only while `self.transpose` is True (set False after the first
+            # call); the layer was restored to the preprocessed layout by us, so it must transpose.
+            instance.transpose = True
         loaders = {}
         for name in PARAM_NAMES:
             param = getattr(layer, name, None)
@@ -277,13 +283,17 @@ def _process_wrapper(wrapped, instance, args, kwargs):
         result = wrapped(*args, **kwargs)
         for name in PARAM_NAMES:
             param = getattr(layer, name, None)
-            if param is None:
-                continue   # deleted by the fused-MC2 EPLB / mega-MoE branch: nothing to reload into
+            if param is None:   # deleted by the fused-MC2 EPLB / mega-MoE branch (0.23+)
+                log.warning("vllm-ascend-moe-layout: %s.%s was removed by the post-load step "
+                            "(fused MC2 with dynamic EPLB / mega-MoE keeps %s_list instead); a "
+                            "weight reload of this layer is not handled by this patch",
+                            type(layer).__name__, name, name)
+                continue
             loader = getattr(param, "weight_loader", None)
             original = _original_loader(loader) if loader is not None else loaders.get(name)
             if original is None:
                 continue
-            # 0.13-0.25: the Parameter was replaced and lost its loader: give it back (wrapped).
+            # 0.11-0.25: the Parameter was replaced and lost its loader: give it back (wrapped).
             param.weight_loader = make_layout_aware_loader(layer, original)
             setattr(param, LAYOUT_ATTR, "processed")
         try:
@@ -378,6 +388,8 @@ def expect_form(form):
     return check
 
 
+_COMMON_FUSED_MOE = ("vllm_ascend.ops.common_fused_moe:"
+                     "AscendUnquantizedFusedMoEMethod.process_weights_after_loading")
 _FUSED_MOE = ("vllm_ascend.ops.fused_moe.fused_moe:"
               "AscendUnquantizedFusedMoEMethod.process_weights_after_loading")
 _ROUTED_EXPERTS = ("vllm_ascend.ops.fused_moe.routed_experts:"
@@ -386,7 +398,8 @@ _ROUTED_EXPERTS = ("vllm_ascend.ops.fused_moe.routed_experts:"
 #: Measured per release by reading each wheel / sdist (tests/patches/test_vllm_ascend_moe_layout.py):
 #: (versions, target path, assignment form)
 TARGET_SHAPES = (
-    (">=0.13.0,<0.26.0rc1", _FUSED_MOE, "parameter"),
+    (">=0.11.0rc1,<0.12.0rc1", _COMMON_FUSED_MOE, "parameter"),
+    (">=0.12.0rc1,<0.26.0rc1", _FUSED_MOE, "parameter"),
     (">=0.26.0rc1,<0.27.1rc1", _FUSED_MOE, "data"),
     (">=0.27.1rc1", _ROUTED_EXPERTS, "replace_parameter"),
 )
@@ -397,7 +410,7 @@ PATCH = Patch(
              "(and loses weight_loader up to 0.25): reload in the processed or preprocessed "
              "layout, selectable per sync path"),
     upstream="https://github.com/vllm-project/vllm-ascend",
-    affected={"vllm-ascend": ">=0.13.0"},
+    affected={"vllm-ascend": ">=0.11.0rc1"},
     fixed_in=None,
     targets=tuple(
         Target(path, wrapper=_process_wrapper, params=("self", "layer"),

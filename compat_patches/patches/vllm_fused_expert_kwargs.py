@@ -1,11 +1,154 @@
-"""Placeholder record: the fix is not implemented yet (the name and gate are real)."""
+"""vllm-fused-expert-kwargs: fused MoE expert weights reach keyword-only weight loaders.
 
-from compat_patches.core import Patch
+The bug (read from every vLLM wheel 0.10.2 - 0.33.0; table in the README): Qwen3.5 / Qwen3.5-MTP /
+Qwen3-VL-MoE checkpoints store the experts fused (``[E, ...]``), and
+``load_fused_expert_weights(self, name, params_dict, loaded_weight, shard_id, num_experts)`` splits
+them and calls the parameter's loader once per expert as::
+
+    weight_loader(param, curr_expert_weight, name, shard_id, expert_id, return_success=True)
+
+``shard_id`` and ``expert_id`` go POSITIONALLY. vLLM's own ``FusedMoE.weight_loader`` happens to
+accept that, but loaders that take them by keyword (runai model streamer, TPU, wrappers of the form
+``loader(param, w, *args, shard_id=None, expert_id=None, **kw)``) silently drop them (every expert is
+written as expert ``None``/shard ``None``) or raise ``TypeError`` when they are keyword-only.
+vLLM 0.22.0 passes ``shard_id=shard_id, expert_id=expert_id`` (same change in the three files);
+from 0.25.0 the methods are gone (the models load through ``Qwen3MoeModel``/``FusedMoE``).
+
+Affected methods (identical body in every affected release):
+
+* ``vllm.model_executor.models.qwen3_vl_moe.Qwen3MoeLLMModel.load_fused_expert_weights``
+  (0.11.0 - 0.21.0)
+* ``vllm.model_executor.models.qwen3_5.Qwen3_5Model.load_fused_expert_weights`` (0.17.0 - 0.21.0)
+* ``vllm.model_executor.models.qwen3_5_mtp.Qwen3_5MultiTokenPredictor.load_fused_expert_weights``
+  (0.17.0 - 0.21.0)
+
+Technique: body substitution, i.e. the wrapper runs the upstream 0.22.0 body (a verbatim backport:
+same statements, only the call passes ``shard_id=``/``expert_id=`` by keyword) instead of the
+original. It is exactly right because the ``check`` fingerprint refuses (status ``drifted``) any
+original whose body is not, statement for statement, the buggy body below; so "the fixed body" and
+"the original body with keywords" are the same program. The alternatives were rejected:
+
+* handing the original a ``params_dict`` proxy whose parameters' ``weight_loader`` re-maps
+  positional to keyword arguments would let a proxy object stand where vLLM expects the real
+  ``nn.Parameter`` (the loader receives ``param`` back) unless yet another unwrapping layer is
+  added: more moving parts for the same result;
+* temporarily replacing ``param.weight_loader`` on the real Parameter mutates shared state
+  (other threads, a loader that is a bound method shared by all experts, restore on exceptions).
+
+The wrapper never touches a Parameter, adds no object to vLLM's data, and returns exactly what the
+upstream method returns (``True`` if any expert was loaded locally, honouring ``return_success``).
+A method that someone else already wrapped (another tool's wrapper underneath ours) is reported as
+drift rather than silently bypassed.
+"""
+
+import ast
+import inspect
+import textwrap
+
+from compat_patches.core import Patch, Target
+
+#: The method body (docstring excluded) in every affected release, as ``ast.unparse`` prints it.
+BUGGY_BODY = """\
+param = params_dict[name]
+weight_loader = typing.cast(Callable[..., bool], param.weight_loader)
+loaded_local_expert = False
+for expert_id in range(num_experts):
+    curr_expert_weight = loaded_weight[expert_id]
+    success = weight_loader(param, curr_expert_weight, name, shard_id, expert_id, return_success=True)
+    if success:
+        loaded_local_expert = True
+return loaded_local_expert"""
+
+#: The same body as released in vLLM 0.22.0 (what the wrapper runs).
+FIXED_BODY = """\
+param = params_dict[name]
+weight_loader = typing.cast(Callable[..., bool], param.weight_loader)
+loaded_local_expert = False
+for expert_id in range(num_experts):
+    curr_expert_weight = loaded_weight[expert_id]
+    success = weight_loader(param, curr_expert_weight, name, shard_id=shard_id, expert_id=expert_id, return_success=True)
+    if success:
+        loaded_local_expert = True
+return loaded_local_expert"""
+
+PARAMS = ("self", "name", "params_dict", "loaded_weight", "shard_id", "num_experts")
+
+
+def method_body(function):
+    """The body of `function` (docstring dropped) normalised by ``ast.unparse``, one statement a line."""
+    source = textwrap.dedent(inspect.getsource(function))
+    node = ast.parse(source).body[0]
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise TypeError(f"{function!r} is not defined by a def statement")
+    body = node.body
+    first = body[0] if body else None
+    if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)):
+        body = body[1:]
+    return "\n".join(ast.unparse(statement) for statement in body)
+
+
+def check_body(original):
+    """Drift reason, or None when `original` is the buggy 0.11 - 0.21 method exactly."""
+    if hasattr(original, "__wrapped__"):
+        return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
+                "substituting the body would bypass that wrapper")
+    try:
+        body = method_body(original)
+    except (OSError, TypeError, SyntaxError) as exc:
+        return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
+    if body == BUGGY_BODY:
+        return None
+    if body == FIXED_BODY:
+        return "already passes shard_id/expert_id by keyword (fixed upstream); the patch is not needed"
+    return "body differs from the vLLM 0.11 - 0.21 load_fused_expert_weights it was written for"
+
+
+def _arguments(name, params_dict, loaded_weight, shard_id, num_experts):
+    return name, params_dict, loaded_weight, shard_id, num_experts
+
+
+def _load_fused_expert_weights(wrapped, instance, args, kwargs):
+    """vLLM 0.22.0's ``load_fused_expert_weights`` (keywords), for an instance of the patched class."""
+    name, params_dict, loaded_weight, shard_id, num_experts = _arguments(*args, **kwargs)
+    param = params_dict[name]
+    weight_loader = param.weight_loader
+    loaded_local_expert = False
+    for expert_id in range(num_experts):
+        curr_expert_weight = loaded_weight[expert_id]
+        success = weight_loader(
+            param,
+            curr_expert_weight,
+            name,
+            shard_id=shard_id,
+            expert_id=expert_id,
+            return_success=True,
+        )
+        if success:
+            loaded_local_expert = True
+    return loaded_local_expert
+
+
+def _target(path, versions=None):
+    return Target(path, wrapper=_load_fused_expert_weights, params=PARAMS, check=check_body,
+                  versions=versions)
+
 
 PATCH = Patch(
     name="vllm-fused-expert-kwargs",
-    summary="not implemented yet",
-    upstream="",
-    affected={"vllm": "<0"},
-    targets=(),
+    summary="Qwen3.5 / Qwen3.5-MTP / Qwen3-VL-MoE fused-expert loading passes shard_id and "
+            "expert_id to weight_loader by keyword (keyword-only loaders no longer drop them)",
+    upstream="https://github.com/vllm-project/vllm/releases/tag/v0.22.0",
+    affected={"vllm": ">=0.11.0.dev0,<0.22.0"},
+    fixed_in="vllm 0.22.0",
+    targets=(
+        _target("vllm.model_executor.models.qwen3_vl_moe:Qwen3MoeLLMModel.load_fused_expert_weights"),
+        _target("vllm.model_executor.models.qwen3_5:Qwen3_5Model.load_fused_expert_weights",
+                versions=">=0.17.0.dev0"),
+        _target("vllm.model_executor.models.qwen3_5_mtp:"
+                "Qwen3_5MultiTokenPredictor.load_fused_expert_weights",
+                versions=">=0.17.0.dev0"),
+    ),
+    notes="Body substitution guarded by a source fingerprint (see the module docstring). "
+          "Methods removed upstream in 0.25.0.",
 )

@@ -19,6 +19,7 @@ def test_renamed_target_is_drift_naming_target_and_version(mod):
     assert f"{mod.__name__}:Base.renamed_method is missing" in entry.reason
     assert entry.versions == {"fakelib": "1.5.0"}
     assert m.active_names() == ()
+    assert m.report()["fake-fix"].status == "drifted"  # the finding stays visible
 
 
 def test_changed_signature_is_drift_and_touches_nothing(mod):
