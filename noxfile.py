@@ -11,6 +11,7 @@ with a .pth file, so a session only installs the pure-Python libraries it tests.
 import os
 import sys
 from pathlib import Path
+from typing import List, NamedTuple
 
 import nox
 
@@ -23,13 +24,62 @@ SHARED_TORCH = Path(os.environ.get("COMPAT_PATCHES_SHARED_TORCH", ROOT / ".nox" 
 REPORTS = ROOT / ".nox" / "_reports"
 TEST_DEPS = ["pytest>=8", "hypothesis"]
 
-# set id -> (requirements, needs torch, tags). Each set is one venv; tests declare what they need
-# with @pytest.mark.requires(...) and skip (with the reason) in the sets that lack it.
+# Each set is one venv. Tests declare what they need with @pytest.mark.requires(...) and skip, with
+# the reason, where it is absent; a library set runs only the tests it exists for, plus the contract
+# and public-API tests, which then see that library installed.
+class VersionSet(NamedTuple):
+    requirements: List[str]
+    torch: bool
+    tags: List[str]
+    tests: List[str] = []  # empty: the whole suite
+    no_deps: List[str] = []  # installed with --no-deps (their declared pins conflict with transformers 5)
+
+
+QUICK, FULL = ["quick", "full"], ["full"]
+COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
+PEFT = ["tests/patches/test_peft_moe_regex_targets.py", *COMMON]
+ROPE = ["tests/patches/test_transformers_rope_ignore_keys.py", *COMMON]
+FSDP = ["tests/patches/test_fsdp_packed_experts.py", "tests/moe/test_packed_experts.py", *COMMON]
+LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/test_distributed_sync.py", *COMMON]
+# What verl's modules import (its declared requirements pull wandb, tensorboard, full Ray, torchdata).
+VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", "tensordict==0.10.0",
+                "pyvers", "cloudpickle", "omegaconf", "peft", "accelerate", "datasets", "pandas",
+                "pyarrow", "pillow", "codetiming", "orjson"]
+
+
+def rope(version, tags):
+    return VersionSet([f"transformers=={version}"], False, tags, ROPE)
+
+
+def verl(version, transformers, tags):
+    return VersionSet([f"transformers=={transformers}", *VERL_IMPORTS], True, tags, FSDP,
+                      [f"verl=={version}"])
+
 VERSION_SETS = {
-    "core": ([], False, ["quick", "full"]),
-    "wrapt-2.4.0": (["wrapt==2.4.0"], False, ["quick", "full"]),  # the floor setup.cfg declares
-    "torch": ([], True, ["quick", "full"]),
-    "distributed": (["ray==2.60.0"], True, ["quick", "full"]),  # Ray workers, torchrun, launcher  # pure tensor helpers; vllm-ascend sources read with ast
+    "core": VersionSet([], False, QUICK),
+    "wrapt-2.4.0": VersionSet(["wrapt==2.4.0"], False, QUICK, ["tests/core", *COMMON]),  # setup.cfg's floor
+    # newest transformers: oracles of the tensor helpers, not-needed checks, vllm-ascend sources (ast)
+    "transformers-5.24.0": VersionSet(["transformers==5.24.0"], True, QUICK, LIBRARY_TESTS),
+    # transformers-rope-ignore-keys, measured on every 5.x release (README table)
+    "transformers-5.2.0": rope("5.2.0", QUICK),   # keyword shape; `|` raises; real vLLM config fails
+    "transformers-5.4.0": rope("5.4.0", QUICK),   # attribute shape; `-=` under the strict validator
+    "transformers-5.9.0": rope("5.9.0", QUICK),   # trigger B only; last affected release
+    **{f"transformers-{v}": rope(v, FULL)
+       for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.3.0", "5.5.0", "5.8.1", "5.10.1")},
+    # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
+    "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
+    "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours
+    "verl-0.7.1": verl("0.7.1", "5.9.0", FULL),
+    "verl-0.6.0": verl("0.6.0", "5.0.0rc2", FULL),
+    "distributed": VersionSet(["ray==2.60.0"], True, QUICK, [  # Ray workers, torchrun, launcher
+        "tests/test_ray.py", "tests/test_torchrun.py", "tests/test_launcher.py"]),
+    # peft-moe-regex-targets: 0.18 has no conversion; 0.19 and 0.20-0.21.2 are wrong in two ways
+    "peft-0.18.1": VersionSet(["peft==0.18.1", "transformers==5.17.0"], True, FULL, PEFT),
+    "peft-0.19.0": VersionSet(["peft==0.19.0", "transformers==5.17.0"], True, FULL, PEFT),
+    "peft-0.19.1": VersionSet(["peft==0.19.1", "transformers==5.17.0"], True, QUICK, PEFT),
+    "peft-0.20.0": VersionSet(["peft==0.20.0", "transformers==5.17.0"], True, FULL, PEFT),
+    "peft-0.21.0": VersionSet(["peft==0.21.0", "transformers==5.17.0"], True, FULL, PEFT),
+    "peft-0.21.2": VersionSet(["peft==0.21.2", "transformers==5.24.0"], True, QUICK, PEFT),
 }
 
 
@@ -43,20 +93,22 @@ def _shared_torch(session):
 
 
 @nox.session
-@nox.parametrize("set", [nox.param(name, tags=tags) for name, (_, _, tags) in VERSION_SETS.items()])
+@nox.parametrize("set", [nox.param(name, tags=spec.tags) for name, spec in VERSION_SETS.items()])
 def matrix(session, set):
-    requirements, needs_torch, _ = VERSION_SETS[set]
-    if needs_torch:
+    spec = VERSION_SETS[set]
+    if spec.torch:
         _shared_torch(session)
     session.install(*TEST_DEPS)
-    if requirements:
-        session.install(*requirements)
+    if spec.requirements:
+        session.install(*spec.requirements)
+    if spec.no_deps:
+        session.install("--no-deps", *spec.no_deps)
     session.install("-e", ".")
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     REPORTS.mkdir(parents=True, exist_ok=True)
     # pytest's exit 5 (no test collected) is a failure here, as any code but 0.
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / set}.xml",
-                *session.posargs)
+                *(session.posargs or spec.tests))
 
 
 @nox.session

@@ -85,7 +85,6 @@ def time_variant(fn, pairs, repeat):
 
 def allocated_bytes(fn, pairs):
     """Bytes the CPU allocator handed out while the stream was consumed (profiler, not RSS)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -14,7 +14,7 @@ first = manager.report()[spec["patch"]]
 if first.status != "pending":
     print(json.dumps({"skip": f"{spec['patch']} is {first.status} here: {first.reason}"}))
     sys.exit(0)
-targets = [t for t in patch.targets if t.path in first.targets]
+targets = list(manager.targets_for(spec["patch"]))  # the shapes this version selects, not paths
 originals = {}
 
 

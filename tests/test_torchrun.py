@@ -75,7 +75,7 @@ def _assert_patched(states):
 def test_import_auto_patches_every_rank(tmp_path):
     states = _torchrun(tmp_path, USE_AUTO="1")
     _assert_patched(states)
-    assert all(state["auto"] and state["via"] is None for state in states)
+    assert all(state["auto"] and state["via"] == "auto" for state in states)
 
 
 def test_launcher_patches_every_rank(tmp_path):

@@ -329,6 +329,12 @@ class PatchManager:
     def _report(self, entries):
         return Report(entries.get(name) or self._snapshot(self._states[name]) for name in self.names)
 
+    def targets_for(self, name):
+        """The Target records the version gate selects for `name` here; () when out of range."""
+        self._validate([name], "argument")
+        status, _, _, targets = self._gate(self._states[name].patch)
+        return targets if status is None else ()
+
     def active_names(self):
         with self._lock:
             return tuple(n for n, s in self._states.items() if s.active or s.installed)

@@ -108,7 +108,8 @@ PATCH = Patch(
             versions="<=5.5.0.dev0",
         ),
     ),
-    notes="Model configs that override convert_rope_params_to_dict without calling the mixin's "
-          "(gemma3, gpt_neox, modernbert, ... up to 5.3) still get the `-=` fix through "
-          "_check_received_keys; their own `|` on a list argument is not patched.",
+    notes="Model configs that override convert_rope_params_to_dict up to 5.3 (gemma3, gpt_neox, "
+          "qwen2_vl, deepseek_v3, ...) hand the keys on to validate_rope and get the `-=` fix "
+          "through _check_received_keys; Mistral4Config's own override in 5.4.0 "
+          "(`self.ignore_keys_at_rope_validation | argument`) is not patched.",
 )

@@ -65,6 +65,16 @@ def test_target_shape_is_chosen_by_the_primary_version():
     assert manager(patch, versions={"fakelib": "5.5.0"}).report()["shaped"].targets == ("mod_new:f",)
 
 
+def test_two_shapes_on_one_path_are_told_apart_by_version():
+    old = Target("mod:f", tagging_wrapper("old"), versions="<5.4")
+    new = Target("mod:f", tagging_wrapper("new"), versions=">=5.4")
+    patch = Patch(name="shaped", summary="s", upstream="u", affected={"fakelib": "<6"},
+                  targets=(old, new))
+    assert manager(patch, versions={"fakelib": "5.3.0"}).targets_for("shaped") == (old,)
+    assert manager(patch, versions={"fakelib": "5.5.0"}).targets_for("shaped") == (new,)
+    assert manager(patch, versions={"fakelib": "6.0"}).targets_for("shaped") == ()
+
+
 def test_no_target_for_an_in_range_version_is_drift():
     target = Target("m:f", tagging_wrapper("t"), versions="<5.1")
     patch = Patch(name="gap", summary="s", upstream="u", affected={"fakelib": "<6"}, targets=(target,))

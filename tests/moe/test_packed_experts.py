@@ -99,13 +99,12 @@ def _qwen3_vl_moe():
     return transformers.Qwen3VLMoeForConditionalGeneration(cfg)
 
 
-# models whose original (v4) checkpoint format has one tensor per expert
-PER_EXPERT_CHECKPOINT_MODELS = {
+ALL_MODELS = {
     "qwen3_moe": _qwen3_moe,
     "qwen3_5_moe_text": _qwen3_5_moe_text,
     "qwen3_5_moe": _qwen3_5_moe_vl,
+    "qwen3_vl_moe": _qwen3_vl_moe,
 }
-ALL_MODELS = dict(PER_EXPERT_CHECKPOINT_MODELS, qwen3_vl_moe=_qwen3_vl_moe)
 
 
 def _revert(model, state_dict):
@@ -119,17 +118,22 @@ def _revert(model, state_dict):
 # ------------------------------------------------------------------ oracle: reverse conversion
 
 @pytest.mark.requires(transformers=">=5.0.0rc0")
-@pytest.mark.parametrize("builder", PER_EXPERT_CHECKPOINT_MODELS.values(), ids=PER_EXPERT_CHECKPOINT_MODELS)
-def test_expansion_equals_transformers_reverse_conversion_bitwise(builder):
-    model = _randomize(builder())
+@pytest.mark.parametrize("model_id", list(ALL_MODELS))
+def test_expansion_equals_transformers_reverse_conversion_bitwise(model_id):
+    model = _randomize(ALL_MODELS[model_id]())
     state_dict = model.state_dict()
     packed = [k for k in state_dict if packed_expert_kind(k)]
     assert packed, "the tiny model must have packed experts (else the test proves nothing)"
 
     oracle = _revert(model, state_dict)
+    if any(packed_expert_kind(k) for k in oracle):
+        # Qwen3-VL-MoE's Hub checkpoints are fused ([E, H, 2I]); from some 5.x release on its
+        # conversion is a Transpose, not qwen2_moe's MergeModulelist (5.0.0rc2 still used the latter),
+        # so there is no per-expert v4 layout to compare with: the forward test below covers it.
+        assert model_id == "qwen3_vl_moe", "only Qwen3-VL-MoE may keep packed keys in v4 format"
+        pytest.skip("this transformers saves Qwen3-VL-MoE experts fused (no per-expert oracle)")
     ours = dict(expand_packed_experts(state_dict.items()))
 
-    assert not any(packed_expert_kind(k) for k in oracle), "oracle must hold per-expert keys"
     assert sorted(ours) == sorted(oracle)  # the whole state dict, names exactly
     n_expert_keys = 0
     for name, tensor in oracle.items():
@@ -146,16 +150,6 @@ def test_expansion_equals_transformers_reverse_conversion_bitwise(builder):
         ptr = _storage_ptr(state_dict[name])
         for sub_name, sub in iter_vllm_compatible_moe_params(name, state_dict[name]):
             assert _storage_ptr(sub) == ptr, sub_name
-
-
-@pytest.mark.requires(transformers=">=5.0.0rc0")
-def test_qwen3_vl_moe_reverse_conversion_keeps_packed_layout_and_expansion_matches_forward():
-    """Qwen3-VL-MoE's original checkpoints are fused: the reverse conversion keeps packed keys (no
-    per-expert oracle exists), so the expansion is checked against the experts module's own math."""
-    model = _randomize(_qwen3_vl_moe())
-    oracle = _revert(model, model.state_dict())
-    assert any(packed_expert_kind(k) for k in oracle)
-    _check_forward_matches_expansion(model)
 
 
 @pytest.mark.requires(transformers=">=5.0.0rc0")

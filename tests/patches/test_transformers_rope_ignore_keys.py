@@ -23,6 +23,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import os
+import pathlib
 import zipfile
 
 import pytest
@@ -199,8 +200,7 @@ def vllm_configs(tmp_path_factory):
     if dist is not None and in_range(dist.version, VLLM_WITH_LIST):
         where = f"installed vllm {dist.version}"
         for name in VLLM_SHA256:
-            path = dist.locate_file(f"vllm/transformers_utils/configs/{name}")
-            sources[name] = open(path, "rb").read()
+            sources[name] = pathlib.Path(dist.locate_file(f"vllm/transformers_utils/configs/{name}")).read_bytes()
     else:
         cache = os.environ.get("COMPAT_PATCHES_WHEEL_CACHE", "/work/cache/wheels")
         wheels = [w for v in ("0.18.0", "0.18.1", "0.17.0") for w in glob.glob(f"{cache}/vllm-{v}-*.whl")]
@@ -322,6 +322,57 @@ def test_trigger_on_affected_release(name, mode, request):
     if op is not None:
         with pytest.raises(Exception):
             build()
+
+
+DEFERRED_CHILD = r'''
+import json, sys
+import compat_patches
+NAME = "transformers-rope-ignore-keys"
+assert "transformers" not in sys.modules
+out = {}
+
+def build():  # what vLLM 0.18 does when the engine is created: transformers is imported inside
+    from transformers.configuration_utils import PretrainedConfig
+
+    class Mini(PretrainedConfig):
+        model_type = "mini"
+        def __init__(self, **kwargs):
+            kwargs["ignore_keys_at_rope_validation"] = ["mrope_section", "mrope_interleaved"]
+            self.rope_parameters = {"rope_type": "default", "rope_theta": 1e7, "mrope_section": [1, 1, 2]}
+            super().__init__(**kwargs)
+    return Mini().rope_parameters
+
+with compat_patches.patched(NAME) as report:
+    out["before_import"] = report[NAME].status
+    out["rope_parameters"] = build()
+    out["after_import"] = compat_patches.report()[NAME].status
+out["after_exit"] = compat_patches.report()[NAME].status
+try:
+    build()
+    out["unpatched"] = "passes"
+except Exception as exc:  # 5.4 wraps the TypeError in StrictDataclassClassValidationError
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    out["unpatched"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.requires(transformers=">=5.0.0rc0,<5.5")  # where a list without partial_rotary_factor fails
+def test_deferred_until_transformers_is_imported():
+    """`with patched(...): llm = LLM(...)` before anything imported transformers: a post-import hook."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", DEFERRED_CHILD], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before_import"] == "deferred"
+    assert out["after_import"] == "applied"
+    assert out["after_exit"] == "pending"
+    assert out["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e7, "mrope_section": [1, 1, 2]}
+    assert out["unpatched"].startswith("TypeError: unsupported operand type(s) for -=:")
 
 
 def _targets():

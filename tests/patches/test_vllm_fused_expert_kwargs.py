@@ -1,0 +1,329 @@
+"""vllm-fused-expert-kwargs against the REAL vLLM methods (CPU, no model built).
+
+`load_fused_expert_weights` uses nothing of `self`, so the real function is called on an
+uninitialised instance of the real class (and unbound through the class), with one Parameter whose
+`weight_loader` is:
+
+* keyword-only (`*, shard_id, expert_id`): vLLM 0.11 - 0.21 raise TypeError without the patch;
+* a TPU / runai style hook (`*args, **kwargs`, reads `kwargs.get("expert_id")`): without the patch
+  the ids are silently dropped (None);
+* vLLM's own positional-or-keyword signature: identical results with and without the patch
+  (return value, `return_success=True`, the data written, bitwise).
+
+On fixed releases (0.22.0 and newer) the patch reports not-needed and touches nothing; 0.22 - 0.24
+(the method still exists) already pass the ids by keyword, the oracle of what the patch produces.
+"""
+
+import importlib
+import sys
+
+import pytest
+
+import compat_patches
+
+NAME = "vllm-fused-expert-kwargs"
+AFFECTED = ">=0.11.0.dev0,<0.22.0"
+
+CLASSES = [
+    ("vllm.model_executor.models.qwen3_vl_moe", "Qwen3MoeLLMModel"),
+    ("vllm.model_executor.models.qwen3_5", "Qwen3_5Model"),
+    ("vllm.model_executor.models.qwen3_5_mtp", "Qwen3_5MultiTokenPredictor"),
+]
+CLASS_IDS = [cls for _, cls in CLASSES]
+NUM_EXPERTS = 4
+
+
+# --------------------------------------------------------------------------------------------
+# CPU import of vLLM's model modules
+# --------------------------------------------------------------------------------------------
+_TV_LIB = None
+
+
+def _cpu_torchvision():
+    """Make PyPI torchvision importable next to a CPU-only torch (test environment only).
+
+    vLLM's Qwen-VL modules import transformers' video processors, which import torchvision. The
+    PyPI torchvision wheel links CUDA libtorch, so with the CPU torch its `_C` extension does not
+    load and `torchvision/_meta_registrations.py` then fails on `register_fake("torchvision::nms")`
+    ("operator torchvision::nms does not exist"). Defining the two op schemas it registers fakes
+    for lets the pure-Python part (transforms, which is all that is used here) import. Nothing is
+    done when torchvision imports by itself.
+    """
+    global _TV_LIB
+    try:
+        import torchvision  # noqa: F401
+        return
+    except ModuleNotFoundError:
+        return  # not installed: the vLLM import reports what is missing
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise
+    for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+        del sys.modules[key]
+    import torch
+
+    if _TV_LIB is None:
+        _TV_LIB = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            _TV_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision  # noqa: F401
+
+
+def _import(module_name):
+    _cpu_torchvision()
+    return importlib.import_module(module_name)
+
+
+def _real_class(module_name, class_name):
+    return getattr(_import(module_name), class_name)
+
+
+# --------------------------------------------------------------------------------------------
+# loaders
+# --------------------------------------------------------------------------------------------
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def store(self, param, loaded_weight, weight_name, shard_id, expert_id, return_success):
+        self.calls.append((weight_name, shard_id, expert_id, return_success))
+        if expert_id is None:
+            return False if return_success else None
+        param.data[expert_id].copy_(loaded_weight)
+        return True if return_success else None
+
+
+def keyword_only_loader(rec):
+    def weight_loader(param, loaded_weight, weight_name, *, shard_id, expert_id, return_success=False):
+        return rec.store(param, loaded_weight, weight_name, shard_id, expert_id, return_success)
+    return weight_loader
+
+
+def kwargs_hook_loader(rec):
+    """Shape of the TPU / runai hooks: ids taken from kwargs only."""
+    def weight_loader(param, loaded_weight, weight_name, *args, **kwargs):
+        return rec.store(param, loaded_weight, weight_name, kwargs.get("shard_id"),
+                         kwargs.get("expert_id"), kwargs.get("return_success", False))
+    return weight_loader
+
+
+def vllm_style_loader(rec, local_experts):
+    """FusedMoE.weight_loader's signature; experts outside `local_experts` are not on this rank."""
+    def weight_loader(param, loaded_weight, weight_name, shard_id, expert_id, return_success=False):
+        if expert_id not in local_experts:
+            rec.calls.append((weight_name, shard_id, expert_id, return_success))
+            return False if return_success else None
+        return rec.store(param, loaded_weight, weight_name, shard_id, expert_id, return_success)
+    return weight_loader
+
+
+def _setup(loader_factory, *extra):
+    import torch
+
+    rec = Recorder()
+    name = "layers.0.mlp.experts.w13_weight"
+    param = torch.nn.Parameter(torch.zeros(NUM_EXPERTS, 3, 5), requires_grad=False)
+    param.weight_loader = loader_factory(rec, *extra)
+    loaded = torch.arange(NUM_EXPERTS * 3 * 5, dtype=torch.float32).reshape(NUM_EXPERTS, 3, 5)
+    return rec, name, {name: param}, param, loaded
+
+
+def _call(cls, how, name, params_dict, loaded):
+    self = object.__new__(cls)  # the method reads nothing of self; building the model needs a GPU
+    if how == "bound":
+        return self.load_fused_expert_weights(name, params_dict, loaded, "w1", NUM_EXPERTS)
+    if how == "unbound":
+        return cls.load_fused_expert_weights(self, name, params_dict, loaded, "w1", NUM_EXPERTS)
+    return self.load_fused_expert_weights(name=name, params_dict=params_dict, loaded_weight=loaded,
+                                          shard_id="w1", num_experts=NUM_EXPERTS)
+
+
+def _expected_calls(name):
+    return [(name, "w1", e, True) for e in range(NUM_EXPERTS)]
+
+
+# --------------------------------------------------------------------------------------------
+# affected releases
+# --------------------------------------------------------------------------------------------
+affected = pytest.mark.requires(vllm=AFFECTED)
+with_qwen35 = pytest.mark.requires(vllm=">=0.17.0,<0.22.0")
+
+
+def _classes_here():
+    """Qwen3-VL-MoE has the method from 0.11.0, Qwen3.5 and its MTP head from 0.17.0."""
+    return [pytest.param(m, c, marks=[affected if c == "Qwen3MoeLLMModel" else with_qwen35], id=c)
+            for m, c in CLASSES]
+
+
+@pytest.mark.parametrize("module_name,class_name", _classes_here())
+def test_keyword_only_loader_fails_without_patch_and_loads_with_it(module_name, class_name):
+    import torch
+
+    cls = _real_class(module_name, class_name)
+    rec, name, params_dict, param, loaded = _setup(keyword_only_loader)
+    with pytest.raises(TypeError, match="positional argument"):
+        _call(cls, "bound", name, params_dict, loaded)
+
+    with compat_patches.patched(NAME) as report:
+        assert report[NAME].status in ("applied", "deferred"), report[NAME]
+        for how in ("bound", "unbound", "keywords"):
+            rec.calls.clear()
+            param.data.zero_()
+            assert _call(cls, how, name, params_dict, loaded) is True
+            assert rec.calls == _expected_calls(name)
+            assert torch.equal(param.data, loaded)
+
+
+@pytest.mark.parametrize("module_name,class_name", _classes_here())
+def test_kwargs_hook_loader_silently_loses_ids_without_patch(module_name, class_name):
+    import torch
+
+    cls = _real_class(module_name, class_name)
+    rec, name, params_dict, param, loaded = _setup(kwargs_hook_loader)
+    # the bug: ids dropped, nothing loaded, reported as "no local expert" instead of an error
+    assert _call(cls, "bound", name, params_dict, loaded) is False
+    assert rec.calls == [(name, None, None, True)] * NUM_EXPERTS
+    assert not param.data.any()
+
+    with compat_patches.patched(NAME):
+        rec.calls.clear()
+        assert _call(cls, "bound", name, params_dict, loaded) is True
+        assert rec.calls == _expected_calls(name)
+        assert torch.equal(param.data, loaded)
+
+
+@pytest.mark.parametrize("local_experts", [set(), {1, 3}, set(range(NUM_EXPERTS))],
+                         ids=["no-local-expert", "some-local", "all-local"])
+@pytest.mark.parametrize("module_name,class_name", _classes_here())
+def test_vllm_style_loader_behaves_identically(module_name, class_name, local_experts):
+    import torch
+
+    cls = _real_class(module_name, class_name)
+    results = []
+    for use_patch in (False, True):
+        rec, name, params_dict, param, loaded = _setup(vllm_style_loader, local_experts)
+        if use_patch:
+            with compat_patches.patched(NAME):
+                ret = _call(cls, "bound", name, params_dict, loaded)
+        else:
+            ret = _call(cls, "bound", name, params_dict, loaded)
+        results.append((ret, rec.calls, param.data.clone()))
+    (ret0, calls0, data0), (ret1, calls1, data1) = results
+    assert ret0 is ret1 is bool(local_experts)
+    assert calls0 == calls1 == _expected_calls("layers.0.mlp.experts.w13_weight")
+    assert torch.equal(data0, data1)
+
+
+@pytest.mark.parametrize("module_name,class_name", _classes_here())
+def test_revert_restores_the_very_original(module_name, class_name):
+    cls = _real_class(module_name, class_name)
+    before = cls.__dict__["load_fused_expert_weights"]
+    with compat_patches.patched(NAME):
+        assert cls.__dict__["load_fused_expert_weights"] is not before
+    assert cls.__dict__["load_fused_expert_weights"] is before
+
+
+@affected
+def test_applied_once_every_target_module_is_imported():
+    from compat_patches.core.versions import in_range, installed_version
+
+    expected = [p for p in compat_patches.get_patch(NAME).targets
+                if p.versions is None or in_range(installed_version("vllm"), p.versions)]
+    for target in expected:
+        _import(target.module)
+    with compat_patches.patched(NAME) as report:
+        entry = report[NAME]
+        assert entry.status == "applied", entry
+        assert set(entry.targets) == {t.path for t in expected}
+        assert "fixed upstream in vllm 0.22.0" in entry.reason
+
+
+@affected
+def test_fingerprint_matches_the_installed_release():
+    from compat_patches.patches import vllm_fused_expert_kwargs as mod
+
+    for module_name, class_name in CLASSES:
+        try:
+            cls = _real_class(module_name, class_name)
+        except ModuleNotFoundError:
+            continue  # qwen3_5 / qwen3_5_mtp arrive in 0.17.0
+        assert mod.check_body(cls.__dict__["load_fused_expert_weights"]) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the fingerprint (no vLLM needed)
+# --------------------------------------------------------------------------------------------
+def test_fingerprint_refuses_other_bodies():
+    from compat_patches.patches import vllm_fused_expert_kwargs as mod
+
+    # exec'd code: give inspect a source through linecache
+    import linecache
+    import textwrap
+
+    source = textwrap.dedent('''\
+        def load_fused_expert_weights(self, name, params_dict, loaded_weight, shard_id, num_experts):
+            param = params_dict[name]
+            weight_loader = typing.cast(Callable[..., bool], param.weight_loader)
+            loaded_local_expert = False
+            for expert_id in range(num_experts):
+                curr_expert_weight = loaded_weight[expert_id]
+                success = weight_loader(param, curr_expert_weight, name, shard_id=shard_id, expert_id=expert_id, return_success=True)
+                if success:
+                    loaded_local_expert = True
+            return loaded_local_expert
+        ''')
+    for variant, expected in (
+        (source, "fixed upstream"),
+        (source.replace("shard_id=shard_id, expert_id=expert_id", "shard_id, expert_id"), None),
+        (source.replace("return_success=True", "return_success=False")
+         .replace("shard_id=shard_id, expert_id=expert_id", "shard_id, expert_id"), "differs"),
+    ):
+        filename = f"<vllm-fused-expert-kwargs-{abs(hash(variant))}>"
+        linecache.cache[filename] = (len(variant), None, variant.splitlines(True), filename)
+        code = compile(variant, filename, "exec")
+        scope = {}
+        exec(code, scope)
+        problem = mod.check_body(scope["load_fused_expert_weights"])
+        if expected is None:
+            assert problem is None
+        else:
+            assert expected in problem
+    scope = {}
+    exec(compile(source, "<no-source>", "exec"), scope)
+    assert "source unavailable" in mod.check_body(scope["load_fused_expert_weights"])
+
+
+# --------------------------------------------------------------------------------------------
+# fixed releases
+# --------------------------------------------------------------------------------------------
+@pytest.mark.requires(vllm=">=0.22.0")
+def test_not_needed_on_fixed_releases():
+    entry = compat_patches.report()[NAME]
+    assert entry.status == "not-needed", entry
+    assert "0.22.0" in entry.reason
+    for module_name, class_name in CLASSES:
+        _import(module_name)
+    with compat_patches.patched(NAME) as report:
+        assert report[NAME].status == "not-needed"
+        assert NAME not in compat_patches._default_manager().active_names()
+
+
+@pytest.mark.requires(vllm=">=0.22.0,<0.25.0")
+@pytest.mark.parametrize("module_name,class_name", CLASSES, ids=CLASS_IDS)
+def test_fixed_release_passes_keywords_itself(module_name, class_name):
+    """The upstream fix is the oracle: 0.22 - 0.24 load keyword-only loaders unpatched."""
+    import torch
+
+    cls = _real_class(module_name, class_name)
+    for factory in (keyword_only_loader, kwargs_hook_loader):
+        rec, name, params_dict, param, loaded = _setup(factory)
+        assert _call(cls, "bound", name, params_dict, loaded) is True
+        assert rec.calls == _expected_calls(name)
+        assert torch.equal(param.data, loaded)
+
+
+@pytest.mark.requires(vllm=">=0.25.0")
+@pytest.mark.parametrize("module_name,class_name", CLASSES, ids=CLASS_IDS)
+def test_method_removed_upstream(module_name, class_name):
+    cls = _real_class(module_name, class_name)
+    assert not hasattr(cls, "load_fused_expert_weights")
