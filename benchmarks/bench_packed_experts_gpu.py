@@ -29,26 +29,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_packed_experts import verl_09_unfuse  # noqa: E402  (one copy of verl 0.9's function)
 
 EXPERTS, HIDDEN, INTER, MAX_LAYERS = 128, 2048, 768, 48
-
-
-def verl_09_unfuse(weights):
-    """verl 0.9.0/0.9.1 verl/workers/engine/fsdp/utils.py:unfuse_moe_params (non-GPT-OSS branch)."""
-    for name, tensor in weights:
-        if name.endswith(".mlp.experts.gate_up_proj") and tensor.dim() == 3:
-            gate, up = tensor.chunk(2, dim=1)
-            base = name.removesuffix(".gate_up_proj")
-            for expert_id in range(tensor.size(0)):
-                yield f"{base}.{expert_id}.gate_proj.weight", gate[expert_id].contiguous()
-                yield f"{base}.{expert_id}.up_proj.weight", up[expert_id].contiguous()
-            continue
-        if name.endswith(".mlp.experts.down_proj") and tensor.dim() == 3:
-            base = name.removesuffix(".down_proj")
-            for expert_id in range(tensor.size(0)):
-                yield f"{base}.{expert_id}.down_proj.weight", tensor[expert_id].contiguous()
-            continue
-        yield name, tensor
 
 
 class _FakeCuda:

@@ -2,11 +2,11 @@
 
 import inspect
 
-from .report import DRIFTED, FAILED
+from .report import DRIFTED, FAILED, NOT_NEEDED
 
 
 class TargetProblem(Exception):
-    """Why one target could not be wrapped; `status` is drifted or failed."""
+    """Why one target is not wrapped; `status` is drifted, failed or not-needed (fix backported)."""
 
     def __init__(self, status, reason):
         super().__init__(reason)
@@ -38,13 +38,16 @@ def check_drift(module, target):
                 f"target {target.path} signature changed: expected parameters "
                 f"{target.params}, found {found}",
             )
-    if target.check is not None:
+    for fingerprint, status, what in ((target.fixed, NOT_NEEDED, "already carries the upstream fix"),
+                                      (target.check, DRIFTED, "changed")):
+        if fingerprint is None:
+            continue
         try:
-            problem = target.check(original)
+            finding = fingerprint(original)
         except Exception as exc:  # a fingerprint that cannot run is drift, not a crash
-            problem = f"fingerprint check raised {type(exc).__name__}: {exc}"
-        if problem:
-            raise TargetProblem(DRIFTED, f"target {target.path} changed: {problem}")
+            finding, status, what = f"{type(exc).__name__}: {exc}", DRIFTED, "fingerprint raised"
+        if finding:
+            raise TargetProblem(status, f"target {target.path} {what}: {finding}")
 
 
 def install(module, target):

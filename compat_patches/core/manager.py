@@ -175,7 +175,7 @@ class PatchManager:
         if status is None:
             try:
                 self._install_ready(state, targets)
-            except TargetProblem as problem:
+            except TargetProblem as problem:  # drifted, failed, or the fix is already there
                 self._remove_all(state)  # all or nothing: never half a fix
                 status, reason = problem.status, problem.reason
             else:
@@ -316,7 +316,8 @@ class PatchManager:
         if state.active and state.last is not None:
             return state.last
         blocked = self._env_block(state.patch.name)
-        if not blocked and state.last is not None and state.last.status in (st.FAILED, st.DRIFTED):
+        findings = (st.FAILED, st.DRIFTED, st.NOT_NEEDED)
+        if not blocked and state.last is not None and state.last.status in findings:
             return state.last  # what the last attempt found stays true until the next attempt
         if blocked:
             _, _, versions, _ = self._gate(state.patch)

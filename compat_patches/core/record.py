@@ -15,8 +15,10 @@ class Target:
     """One attribute to wrap, as ``"package.module:Class.attribute"``.
 
     `params` are the parameter names the original must have; `check(original)` may return a drift
-    reason (source fingerprint); `versions` restricts this target to releases of the patch's primary
-    distribution (a target that moved or changed shape gets one Target per shape).
+    reason (source fingerprint); `fixed(original)` may return why this build already carries the
+    upstream fix (a backport inside the affected range: the patch is then not needed); `versions`
+    restricts this target to releases of the patch's primary distribution (a target that moved or
+    changed shape gets one Target per shape).
     """
 
     path: str
@@ -24,6 +26,7 @@ class Target:
     params: Optional[Tuple[str, ...]] = None
     check: Optional[Callable] = None
     versions: Optional[str] = None
+    fixed: Optional[Callable] = None
 
     def __post_init__(self):
         module, sep, attribute = self.path.partition(":")

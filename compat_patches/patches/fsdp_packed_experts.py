@@ -51,7 +51,7 @@ def _get_per_tensor_param_wrapper(wrapped, instance, args, kwargs):
 
 
 def _already_unfuses(original):
-    """Drift if this build already expands the experts itself (the 0.9.0 fix, backported)."""
+    """Why this build already expands the experts itself (the 0.9.0 fix backported, verl#6923)."""
     import inspect
 
     try:
@@ -59,7 +59,7 @@ def _already_unfuses(original):
     except (OSError, TypeError):
         return None
     if _STREAM_HINT in source:
-        return f"get_per_tensor_param already calls {_STREAM_HINT} (upstream fix present)"
+        return f"get_per_tensor_param calls {_STREAM_HINT}"
     return None
 
 
@@ -79,14 +79,14 @@ PATCH = Patch(
             _TARGET,
             wrapper=_get_per_tensor_param_wrapper,
             params=("self", "layered_summon", "base_sync_done"),
-            check=_already_unfuses,
+            fixed=_already_unfuses,
             versions="<0.7.1",
         ),
         Target(
             _TARGET,
             wrapper=_get_per_tensor_param_wrapper,
             params=("self", "layered_summon", "base_sync_done", "kwargs"),
-            check=_already_unfuses,
+            fixed=_already_unfuses,
             versions=">=0.7.1",
         ),
     ),

@@ -9,9 +9,11 @@ them and calls the parameter's loader once per expert as::
 
 ``shard_id`` and ``expert_id`` go POSITIONALLY. vLLM's own ``FusedMoE.weight_loader`` happens to
 accept that, but loaders that take them by keyword (runai model streamer, TPU, wrappers of the form
-``loader(param, w, *args, shard_id=None, expert_id=None, **kw)``) silently drop them (every expert is
-written as expert ``None``/shard ``None``) or raise ``TypeError`` when they are keyword-only.
-vLLM 0.22.0 passes ``shard_id=shard_id, expert_id=expert_id`` (same change in the three files);
+``loader(param, w, *args, **kwargs)`` reading ``kwargs.get("expert_id")``) never see them: the TPU
+hook then fails with ``AssertionError: Expecting expert_id argument``, a loader defaulting to ``None``
+loads nothing and reports "no local expert"; a keyword-only loader raises ``TypeError``.
+vLLM 0.22.0 passes ``shard_id=shard_id, expert_id=expert_id`` (vllm#42521 for ``qwen3_5.py``, #42671
+for ``qwen3_vl_moe.py``, #42716 for ``qwen3_5_mtp.py``; nothing else changed in those methods);
 from 0.25.0 the methods are gone (the models load through ``Qwen3MoeModel``/``FusedMoE``).
 
 Affected methods (identical body in every affected release):
@@ -138,7 +140,7 @@ PATCH = Patch(
     name="vllm-fused-expert-kwargs",
     summary="Qwen3.5 / Qwen3.5-MTP / Qwen3-VL-MoE fused-expert loading passes shard_id and "
             "expert_id to weight_loader by keyword (keyword-only loaders no longer drop them)",
-    upstream="https://github.com/vllm-project/vllm/releases/tag/v0.22.0",
+    upstream="https://github.com/vllm-project/vllm/pull/42521",
     affected={"vllm": ">=0.11.0.dev0,<0.22.0"},
     fixed_in="vllm 0.22.0",
     targets=(
@@ -149,6 +151,7 @@ PATCH = Patch(
                 "Qwen3_5MultiTokenPredictor.load_fused_expert_weights",
                 versions=">=0.17.0.dev0"),
     ),
-    notes="Body substitution guarded by a source fingerprint (see the module docstring). "
-          "Methods removed upstream in 0.25.0.",
+    notes="Backports vllm#42521 (qwen3_5), #42671 (qwen3_vl_moe) and #42716 (qwen3_5_mtp), all "
+          "released in 0.22.0. Body substitution guarded by a source fingerprint (see the module "
+          "docstring). The methods are gone from 0.25.0 on.",
 )

@@ -47,7 +47,7 @@ def tagging_wrapper(tag):
 
 
 def make_patch(module, name="fake-fix", attribute="Base.method", params=None, check=None,
-               affected=None, versions=None, wrapper=None, dist="fakelib"):
+               affected=None, versions=None, wrapper=None, dist="fakelib", fixed=None):
     return Patch(
         name=name,
         summary=f"fake fix of {attribute}",
@@ -55,7 +55,7 @@ def make_patch(module, name="fake-fix", attribute="Base.method", params=None, ch
         affected=affected or {dist: ">=1.0rc0,<2"},
         fixed_in=f"{dist} 2.0",
         targets=(Target(f"{module}:{attribute}", wrapper or tagging_wrapper(name),
-                        params=params, check=check, versions=versions),),
+                        params=params, check=check, versions=versions, fixed=fixed),),
     )
 
 

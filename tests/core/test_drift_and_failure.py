@@ -43,6 +43,16 @@ def test_fingerprint_check_reports_drift(mod):
     assert "source lacks 'x * scale'" in m.apply_all()["fake-fix"].reason
 
 
+def test_a_backported_fix_is_not_needed_not_drift(mod):
+    original = vars(mod.Base)["method"]
+    m = manager(make_patch(mod.__name__, fixed=lambda fn: "calls unfuse_moe_params"))
+    entry = m.apply_all(strict=True)["fake-fix"]  # strict: not-needed is no error
+    assert entry.status == "not-needed"
+    assert "already carries the upstream fix: calls unfuse_moe_params" in entry.reason
+    assert vars(mod.Base)["method"] is original and m.active_names() == ()
+    assert m.report()["fake-fix"].status == "not-needed"  # the finding stays visible
+
+
 def test_fingerprint_that_raises_is_drift_not_a_crash(mod):
     m = manager(make_patch(mod.__name__, check=lambda fn: 1 / 0))
     entry = m.apply_all()["fake-fix"]
