@@ -47,6 +47,16 @@ VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", 
                 "pyarrow", "pillow", "codetiming", "orjson"]
 
 
+VLLM = ["tests/patches/test_vllm_fused_expert_kwargs.py", "tests/test_vllm_plugin.py", *COMMON]
+VLLM_QUICK = ("0.18.0", "0.33.0")  # affected (and vLLM's own plugin loader); newest (method removed)
+VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.20.2", "0.21.0",
+                 "0.22.0", "0.22.1", "0.23.0", "0.24.0", "0.25.0", "0.25.1", "0.26.0", "0.27.0",
+                 "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0", "0.33.0")
+# PyPI torchvision links CUDA libtorch; this shim lets its Python part import beside the CPU torch
+# (vLLM's Qwen-VL modules import transformers' video processors, which import torchvision).
+TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"
+
+
 def rope(version, tags):
     return VersionSet([f"transformers=={version}"], False, tags, ROPE)
 
@@ -54,6 +64,13 @@ def rope(version, tags):
 def verl(version, transformers, tags):
     return VersionSet([f"transformers=={transformers}", *VERL_IMPORTS], True, tags, FSDP,
                       [f"verl=={version}"])
+
+
+def vllm(version):
+    # vLLM's declared requirements pull CUDA builds; the file pins vllm and what importing its
+    # model modules needs on CPU (see .ci/requirements/).
+    return VersionSet([], True, QUICK if version in VLLM_QUICK else FULL, VLLM,
+                      ["-r", f".ci/requirements/vllm-{version}.txt"])
 
 VERSION_SETS = {
     "core": VersionSet([], False, QUICK),
@@ -71,6 +88,8 @@ VERSION_SETS = {
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours
     "verl-0.7.1": verl("0.7.1", "5.9.0", FULL),
     "verl-0.6.0": verl("0.6.0", "5.0.0rc2", FULL),
+    # vllm-fused-expert-kwargs and vLLM's own plugin loader, on CPU
+    **{f"vllm-{v}": vllm(v) for v in VLLM_RELEASES},
     "distributed": VersionSet(["ray==2.60.0"], True, QUICK, [  # Ray workers, torchrun, launcher
         "tests/test_ray.py", "tests/test_torchrun.py", "tests/test_launcher.py"]),
     # peft-moe-regex-targets: 0.18 has no conversion; 0.19 and 0.20-0.21.2 are wrong in two ways
@@ -83,13 +102,22 @@ VERSION_SETS = {
 }
 
 
+def _site_packages(session):
+    return session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                       silent=True).strip().splitlines()[-1]
+
+
+def _torchvision_shim(session):
+    purelib = Path(_site_packages(session))
+    (purelib / "_compat_patches_cpu_torchvision.py").write_text(TORCHVISION_SHIM.read_text())
+    (purelib / "_compat_patches_cpu_torchvision.pth").write_text("import _compat_patches_cpu_torchvision\n")
+
+
 def _shared_torch(session):
     if not (SHARED_TORCH / "torch" / "__init__.py").exists():
         session.run(sys.executable, "-m", "pip", "install", "--quiet", "--target", str(SHARED_TORCH),
                     TORCH, external=True)
-    purelib = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-                          silent=True).strip().splitlines()[-1]
-    Path(purelib, "_compat_patches_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
+    Path(_site_packages(session), "_compat_patches_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
 
 
 @nox.session
@@ -103,6 +131,8 @@ def matrix(session, set):
         session.install(*spec.requirements)
     if spec.no_deps:
         session.install("--no-deps", *spec.no_deps)
+    if set.startswith("vllm-"):
+        _torchvision_shim(session)
     session.install("-e", ".")
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     REPORTS.mkdir(parents=True, exist_ok=True)

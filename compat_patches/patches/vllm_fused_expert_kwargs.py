@@ -28,7 +28,9 @@ Technique: body substitution, i.e. the wrapper runs the upstream 0.22.0 body (a 
 same statements, only the call passes ``shard_id=``/``expert_id=`` by keyword) instead of the
 original. It is exactly right because the ``check`` fingerprint refuses (status ``drifted``) any
 original whose body is not, statement for statement, the buggy body below; so "the fixed body" and
-"the original body with keywords" are the same program. The alternatives were rejected:
+"the original body with keywords" are the same program. A build inside the range whose body is
+already the fixed one (a source build after the upstream PRs, a vendor backport) is reported ``not-needed``
+(``fixed=``), not drifted. The alternatives were rejected:
 
 * handing the original a ``params_dict`` proxy whose parameters' ``weight_loader`` re-maps
   positional to keyword arguments would let a proxy object stand where vLLM expects the real
@@ -90,6 +92,22 @@ def method_body(function):
     return "\n".join(ast.unparse(statement) for statement in body)
 
 
+def _body_or_none(original):
+    if hasattr(original, "__wrapped__"):
+        return None
+    try:
+        return method_body(original)
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+def fixed_body(original):
+    """Why `original` already carries the upstream fix (a source build or a backport), or None."""
+    if _body_or_none(original) == FIXED_BODY:
+        return "passes shard_id/expert_id by keyword already (the vLLM 0.22.0 body)"
+    return None
+
+
 def check_body(original):
     """Drift reason, or None when `original` is the buggy 0.11 - 0.21 method exactly."""
     if hasattr(original, "__wrapped__"):
@@ -101,8 +119,6 @@ def check_body(original):
         return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
     if body == BUGGY_BODY:
         return None
-    if body == FIXED_BODY:
-        return "already passes shard_id/expert_id by keyword (fixed upstream); the patch is not needed"
     return "body differs from the vLLM 0.11 - 0.21 load_fused_expert_weights it was written for"
 
 
@@ -133,7 +149,7 @@ def _load_fused_expert_weights(wrapped, instance, args, kwargs):
 
 def _target(path, versions=None):
     return Target(path, wrapper=_load_fused_expert_weights, params=PARAMS, check=check_body,
-                  versions=versions)
+                  fixed=fixed_body, versions=versions)
 
 
 PATCH = Patch(

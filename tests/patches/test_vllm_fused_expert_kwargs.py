@@ -248,6 +248,27 @@ def test_fingerprint_matches_the_installed_release():
         except ModuleNotFoundError:
             continue  # qwen3_5 / qwen3_5_mtp arrive in 0.17.0
         assert mod.check_body(cls.__dict__["load_fused_expert_weights"]) is None
+        assert mod.fixed_body(cls.__dict__["load_fused_expert_weights"]) is None
+
+
+@affected
+def test_foreign_wrapper_underneath_is_reported_not_bypassed():
+    import wrapt
+
+    module = _import("vllm.model_executor.models.qwen3_vl_moe")
+    attribute = "Qwen3MoeLLMModel.load_fused_expert_weights"
+
+    def spy(wrapped, instance, args, kwargs):
+        return wrapped(*args, **kwargs)
+
+    handle = wrapt.wrap_function_wrapper(module, attribute, spy)
+    try:
+        with compat_patches.patched(NAME) as report:
+            entry = report[NAME]
+            assert entry.status == "drifted", entry
+            assert "already wrapped" in entry.reason
+    finally:
+        wrapt.unwrap_object(module, attribute, handle)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,25 +293,24 @@ def test_fingerprint_refuses_other_bodies():
                     loaded_local_expert = True
             return loaded_local_expert
         ''')
-    for variant, expected in (
-        (source, "fixed upstream"),
-        (source.replace("shard_id=shard_id, expert_id=expert_id", "shard_id, expert_id"), None),
-        (source.replace("return_success=True", "return_success=False")
-         .replace("shard_id=shard_id, expert_id=expert_id", "shard_id, expert_id"), "differs"),
-    ):
+    buggy = source.replace("shard_id=shard_id, expert_id=expert_id", "shard_id, expert_id")
+    other = buggy.replace("return_success=True", "return_success=False")
+    for variant, drift, fixed in ((source, "differs", "by keyword already"), (buggy, None, None),
+                                  (other, "differs", None)):
         filename = f"<vllm-fused-expert-kwargs-{abs(hash(variant))}>"
         linecache.cache[filename] = (len(variant), None, variant.splitlines(True), filename)
-        code = compile(variant, filename, "exec")
         scope = {}
-        exec(code, scope)
-        problem = mod.check_body(scope["load_fused_expert_weights"])
-        if expected is None:
-            assert problem is None
-        else:
-            assert expected in problem
+        exec(compile(variant, filename, "exec"), scope)
+        function = scope["load_fused_expert_weights"]
+        for finding, expected in ((mod.check_body(function), drift), (mod.fixed_body(function), fixed)):
+            if expected is None:
+                assert finding is None
+            else:
+                assert expected in finding
     scope = {}
     exec(compile(source, "<no-source>", "exec"), scope)
     assert "source unavailable" in mod.check_body(scope["load_fused_expert_weights"])
+    assert mod.fixed_body(scope["load_fused_expert_weights"]) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +326,26 @@ def test_not_needed_on_fixed_releases():
     with compat_patches.patched(NAME) as report:
         assert report[NAME].status == "not-needed"
         assert NAME not in compat_patches._default_manager().active_names()
+
+
+@pytest.mark.requires(vllm=">=0.22.0,<0.25.0")
+def test_a_build_inside_the_range_that_has_the_fix_reports_not_needed():
+    """A source build inside the range (0.21.1.dev) or a vendor backport that already has the fix."""
+    from compat_patches.core import PatchManager
+    from compat_patches.core.versions import installed_version
+    from compat_patches.patches.vllm_fused_expert_kwargs import PATCH
+
+    for module_name, _ in CLASSES:
+        _import(module_name)
+    before = [getattr(_real_class(m, c), "load_fused_expert_weights") for m, c in CLASSES]
+    manager = PatchManager([PATCH], version_of=lambda dist: "0.21.1.dev3" if dist == "vllm"
+                           else installed_version(dist))
+    with manager.patched(NAME) as report:
+        entry = report[NAME]
+        assert entry.status == "not-needed", entry
+        assert "by keyword already" in entry.reason
+        after = [getattr(_real_class(m, c), "load_fused_expert_weights") for m, c in CLASSES]
+        assert all(a is b for a, b in zip(after, before))
 
 
 @pytest.mark.requires(vllm=">=0.22.0,<0.25.0")
