@@ -11,26 +11,25 @@ bug is not there where we say it is), then that the patch makes it pass with the
 newest transformers gives the same config built with a set.
 
 vLLM's own files are not vendored: they are read, without importing vllm, from an installed
-vllm 0.17/0.18, or from a vllm 0.17.0/0.18.0/0.18.1 wheel in $COMPAT_PATCHES_WHEEL_CACHE
-(default /work/cache/wheels), checked by sha256; otherwise those tests skip and the faithful
-minimal mirror (MiniQwen35TextConfig below) still runs everywhere.
+vllm 0.17/0.18, or from the vllm 0.18.0 wheel on PyPI (downloaded once, reduced to the two files,
+cached: tests/artifacts.py), checked by sha256; offline those tests skip and the faithful minimal
+mirror (MiniQwen35TextConfig below) still runs everywhere.
 """
 
 import copy
-import glob
 import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
-import os
 import pathlib
-import zipfile
 
 import pytest
 
 import compat_patches
 from compat_patches.core.versions import in_range
 from compat_patches.patches import transformers_rope_ignore_keys as mod
+
+from ..artifacts import artifact_dir
 
 NAME = "transformers-rope-ignore-keys"
 AFFECTED = ">=5.0.0rc0,<=5.10.0.dev0"
@@ -64,6 +63,7 @@ VLLM_SHA256 = {  # identical in vLLM 0.17.0, 0.18.0 and 0.18.1 (0.19.0 passes a 
     "qwen3_5_moe.py": "b7ce572ba0654e785ebd50e252be79c65af7a088745f4ff401597bf04c1c2fd4",
 }
 VLLM_WITH_LIST = ">=0.17.0,<0.19.0"
+VLLM_CONFIG_FILES = tuple(f"vllm/transformers_utils/configs/{name}" for name in VLLM_SHA256)
 
 
 # ----- pure: gate, target shapes, the coercion (no transformers needed) -----------------------
@@ -202,15 +202,10 @@ def vllm_configs(tmp_path_factory):
         for name in VLLM_SHA256:
             sources[name] = pathlib.Path(dist.locate_file(f"vllm/transformers_utils/configs/{name}")).read_bytes()
     else:
-        cache = os.environ.get("COMPAT_PATCHES_WHEEL_CACHE", "/work/cache/wheels")
-        wheels = [w for v in ("0.18.0", "0.18.1", "0.17.0") for w in glob.glob(f"{cache}/vllm-{v}-*.whl")]
-        if not wheels:
-            pytest.skip(f"no vLLM 0.17/0.18 config files: install vllm==0.18.0 (--no-deps) or put its wheel "
-                        f"in $COMPAT_PATCHES_WHEEL_CACHE ({cache})")
-        where = wheels[0]
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            for name in VLLM_SHA256:
-                sources[name] = wheel.read(f"vllm/transformers_utils/configs/{name}")
+        where = "the vllm 0.18.0 wheel on PyPI"
+        folder = artifact_dir("vllm", "0.18.0", "wheel", VLLM_CONFIG_FILES, wheel_tag="cp38-abi3-manylinux")
+        for name in VLLM_SHA256:
+            sources[name] = (folder / "vllm/transformers_utils/configs" / name).read_bytes()
     folder = tmp_path_factory.mktemp("vllm_configs")
     modules = {}
     for name, data in sources.items():

@@ -17,24 +17,19 @@ No NPU here, and ``vllm_ascend`` cannot be imported without ``torch_npu``. So:
 """
 
 import ast
-import hashlib
 import importlib
-import json
 import os
 import sys
-import tarfile
 import textwrap
 import types
-import urllib.error
-import urllib.request
-import zipfile
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from compat_patches.core import PatchManager  # noqa: E402
+
+from ..artifacts import artifact_dir  # noqa: E402
 from compat_patches.moe import ascend_layout  # noqa: E402
 from compat_patches.patches import vllm_ascend_moe_layout as mod  # noqa: E402
 
@@ -593,7 +588,6 @@ def test_classify_process_source_forms():
 # Artifacts: every vllm-ascend release (and the vLLM sources the releases pair with), read, not run.
 # --------------------------------------------------------------------------------------------------
 
-CACHE = Path(os.environ.get("COMPAT_PATCHES_ARTIFACT_CACHE", "~/.cache/compat_patches")).expanduser()
 
 # version: (artifact, module that defines the class, assignment form) -- measured from each archive.
 RELEASES = {
@@ -640,68 +634,6 @@ ASCEND_MEMBERS = ("vllm_ascend/ops/common_fused_moe.py", "vllm_ascend/ops/fused_
                   "vllm_ascend/ops/fused_moe/fused_moe.py", "vllm_ascend/ops/fused_moe/routed_experts.py")
 VLLM_MEMBERS = ("vllm/model_executor/utils.py", "vllm/model_executor/layers/fused_moe/layer.py",
                 "vllm/model_executor/layers/fused_moe/routed_experts.py")
-_INDEX = {}
-_OFFLINE = []
-
-
-def _index(project):
-    if project not in _INDEX:
-        request = urllib.request.Request(f"https://pypi.org/simple/{project}/",
-                                         headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            _INDEX[project] = json.load(response)
-    return _INDEX[project]
-
-
-def artifact_dir(project, version, kind, members):
-    """Download one wheel/sdist (sha256-checked), keep only `members`, cache them; skip if offline."""
-    dest = CACHE / project / version
-    if (dest / ".complete").exists():
-        return dest
-    if _OFFLINE:   # one failed attempt is enough: do not wait on the network for every test
-        pytest.skip(_OFFLINE[0])
-    norm = project.replace("-", "_")
-    try:
-        files = _index(project)["files"]
-        if kind == "wheel":
-            wanted = [f for f in files if f["filename"].startswith(f"{norm}-{version}-cp311-cp311-manylinux")
-                      and f["filename"].endswith("x86_64.whl")]
-        else:
-            wanted = [f for f in files if f["filename"] == f"{norm}-{version}.tar.gz"]
-        if not wanted:
-            pytest.fail(f"{project} {version}: no {kind} on the index (was it removed?)")
-        info = wanted[0]
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = dest / info["filename"]
-        with urllib.request.urlopen(info["url"], timeout=120) as response, open(archive, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        _OFFLINE.append(f"offline or index unreachable: cannot download {project} {version} ({exc}); "
-                        f"set COMPAT_PATCHES_ARTIFACT_CACHE to a filled cache to run these tests")
-        pytest.skip(_OFFLINE[0])
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if digest != info["hashes"]["sha256"]:
-        archive.unlink()
-        pytest.fail(f"{archive.name}: sha256 mismatch")
-    if kind == "wheel":
-        with zipfile.ZipFile(archive) as zf:
-            for member in members:
-                if member in zf.namelist():
-                    (dest / member).parent.mkdir(parents=True, exist_ok=True)
-                    (dest / member).write_bytes(zf.read(member))
-    else:
-        with tarfile.open(archive) as tf:
-            for m in tf.getmembers():
-                inner = m.name.split("/", 1)[-1]
-                if inner in members and m.isfile():
-                    (dest / inner).parent.mkdir(parents=True, exist_ok=True)
-                    (dest / inner).write_bytes(tf.extractfile(m).read())
-    archive.unlink()
-    (dest / ".complete").write_text(info["filename"])
-    return dest
-
-
 def ascend_source(version):
     kind = RELEASES[version][0]
     return artifact_dir("vllm-ascend", version, kind, ASCEND_MEMBERS)
