@@ -5,7 +5,9 @@ against the installed library; the patches are applied to find out, then reverte
 """
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 import compat_patches
@@ -26,11 +28,12 @@ def main(argv=None):
                         format="%(name)s: %(message)s")
 
     manager = compat_patches._default_manager()
-    import_errors = {} if args.lazy else manager.import_targets()
-    try:
-        report = manager.apply_all()
-    finally:
-        manager.revert_all()
+    with _stdout_to_stderr():  # libraries log to stdout on import (vLLM does): keep ours parseable
+        import_errors = {} if args.lazy else manager.import_targets()
+        try:
+            report = manager.apply_all()
+        finally:
+            manager.revert_all()
     if args.json:
         print(report.to_json(indent=2))
     else:
@@ -38,6 +41,20 @@ def main(argv=None):
         for module, error in sorted(import_errors.items()):
             print(f"note: could not import {module} here ({error})")
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # also what C extensions and already-configured handlers write to fd 1
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 if __name__ == "__main__":
