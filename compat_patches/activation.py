@@ -112,29 +112,18 @@ def validate_names(names, source="argument"):
     compat_patches.UnknownPatchError listing the known names. Used by the entry points to fail
     in the driver / launcher before any worker starts."""
     import compat_patches
-    from compat_patches.core import UnknownPatchError
 
     if isinstance(names, str):
         names = [name.strip() for name in names.split(",")]
-    names = tuple(name for name in names if name)
-    known = compat_patches.patch_names()
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise UnknownPatchError(unknown, known, source)
-    return names
+    return compat_patches._default_manager().check_names((n for n in names if n), source)
 
 
 def validate_environment(environ=None):
     """Check COMPAT_PATCHES_ONLY / COMPAT_PATCHES_DISABLE of `environ` (default os.environ) as the
     core will read them in the process that gets this environment; raises UnknownPatchError."""
-    from compat_patches.core import ENV_DISABLE, ENV_ONLY, TRUE_VALUES
+    import compat_patches
 
-    environ = os.environ if environ is None else environ
-    disable = environ.get(ENV_DISABLE, "")
-    parts = [name.strip() for name in disable.split(",") if name.strip()]
-    if not any(part.lower() in TRUE_VALUES for part in parts):
-        validate_names(parts, ENV_DISABLE)
-    validate_names(environ.get(ENV_ONLY, ""), ENV_ONLY)
+    compat_patches._default_manager().check_environment(environ)
 
 
 def activate(via, *, only=None, exclude=None, strict=None):

@@ -18,7 +18,6 @@ Imports only the standard library, then compat_patches (wrapt, packaging): no ML
 import os
 import sys
 
-_TRUE = ("1", "true", "yes", "on", "all", "*")
 
 
 def _same_dir(entry, here):
@@ -64,7 +63,9 @@ def _activate():
     try:
         return activate("sitecustomize")
     except Exception as exc:  # activate() raises in strict mode only: refuse to run unpatched
-        strict = os.environ.get("COMPAT_PATCHES_STRICT", "").strip().lower() in _TRUE
+        from compat_patches.core import env_strict
+
+        strict = env_strict()
         sys.stderr.write(f"compat_patches: {'strict mode (COMPAT_PATCHES_STRICT): ' if strict else ''}"
                          f"{exc.__class__.__name__}: {exc}\n")
         if strict:

@@ -31,8 +31,8 @@ def live_managers():
     return tuple(_live_managers)
 
 
-def _env_names(variable):
-    raw = os.environ.get(variable, "")
+def _env_names(environ, variable):
+    raw = environ.get(variable, "")
     return [name.strip() for name in raw.split(",") if name.strip()]
 
 
@@ -81,16 +81,31 @@ class PatchManager:
         if unknown:
             raise UnknownPatchError(unknown, self.names, source)
 
+    def check_names(self, names, source="argument"):
+        """`names` as a tuple; unknown ones raise UnknownPatchError listing the known names."""
+        names = tuple(names)
+        self._validate(names, source)
+        return names
+
+    def check_environment(self, environ=None):
+        """Validate COMPAT_PATCHES_ONLY / _DISABLE of `environ` (default os.environ).
+
+        Returns (why everything is off or None, disabled names, only names).
+        """
+        environ = os.environ if environ is None else environ
+        disable = _env_names(environ, ENV_DISABLE)
+        if any(value.lower() in TRUE_VALUES for value in disable):
+            return f"{ENV_DISABLE}={environ[ENV_DISABLE]}", (), ()
+        only = _env_names(environ, ENV_ONLY)
+        return None, self.check_names(disable, ENV_DISABLE), self.check_names(only, ENV_ONLY)
+
     def _env_block(self, name):
         """Why the environment switches this patch off, or None."""
-        disable = _env_names(ENV_DISABLE)
-        if any(value.lower() in TRUE_VALUES for value in disable):
-            return f"{ENV_DISABLE}={os.environ[ENV_DISABLE]}"
-        self._validate([v for v in disable if v.lower() not in TRUE_VALUES], ENV_DISABLE)
+        all_off, disable, only = self.check_environment()
+        if all_off:
+            return all_off
         if name in disable:
             return f"listed in {ENV_DISABLE}"
-        only = _env_names(ENV_ONLY)
-        self._validate(only, ENV_ONLY)
         if only and name not in only:
             return f"not listed in {ENV_ONLY}={os.environ[ENV_ONLY]}"
         return None
