@@ -46,6 +46,7 @@ drift rather than silently bypassed.
 """
 
 import ast
+import functools
 import inspect
 import textwrap
 
@@ -63,21 +64,14 @@ for expert_id in range(num_experts):
         loaded_local_expert = True
 return loaded_local_expert"""
 
-#: The same body as released in vLLM 0.22.0 (what the wrapper runs).
-FIXED_BODY = """\
-param = params_dict[name]
-weight_loader = typing.cast(Callable[..., bool], param.weight_loader)
-loaded_local_expert = False
-for expert_id in range(num_experts):
-    curr_expert_weight = loaded_weight[expert_id]
-    success = weight_loader(param, curr_expert_weight, name, shard_id=shard_id, expert_id=expert_id, return_success=True)
-    if success:
-        loaded_local_expert = True
-return loaded_local_expert"""
+#: The same body as released in vLLM 0.22.0 (what the wrapper runs): only the call differs.
+FIXED_BODY = BUGGY_BODY.replace("name, shard_id, expert_id, return_success",
+                                "name, shard_id=shard_id, expert_id=expert_id, return_success")
 
 PARAMS = ("self", "name", "params_dict", "loaded_weight", "shard_id", "num_experts")
 
 
+@functools.lru_cache(maxsize=16)  # the fixed= and check= fingerprints read the same method
 def method_body(function):
     """The body of `function` (docstring dropped) normalised by ``ast.unparse``, one statement a line."""
     source = textwrap.dedent(inspect.getsource(function))
