@@ -37,9 +37,9 @@ class VersionSet(NamedTuple):
 
 QUICK, FULL = ["quick", "full"], ["full"]
 COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
-PEFT = ["tests/patches/test_peft_moe_regex_targets.py", *COMMON]
-ROPE = ["tests/patches/test_transformers_rope_ignore_keys.py", *COMMON]
-FSDP = ["tests/patches/test_fsdp_packed_experts.py", "tests/moe/test_packed_experts.py", *COMMON]
+PEFT = ["tests/patches/peft", *COMMON]
+ROPE = ["tests/patches/transformers", *COMMON]
+FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", *COMMON]
 LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/test_distributed_sync.py", *COMMON]
 # What verl's modules import (its declared requirements pull wandb, tensorboard, full Ray, torchdata).
 VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", "tensordict==0.10.0",
@@ -47,7 +47,7 @@ VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", 
                 "pyarrow", "pillow", "codetiming", "orjson"]
 
 
-VLLM = ["tests/patches/test_vllm_fused_expert_kwargs.py", "tests/test_vllm_plugin.py", *COMMON]
+VLLM = ["tests/patches/vllm", "tests/test_vllm_plugin.py", *COMMON]
 VLLM_QUICK = ("0.18.0", "0.33.0")  # affected (and vLLM's own plugin loader); newest (method removed)
 VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.20.2", "0.21.0",
                  "0.22.0", "0.22.1", "0.23.0", "0.24.0", "0.25.0", "0.25.1", "0.26.0", "0.27.0",

@@ -51,7 +51,7 @@ def main():
     from peft.utils.other import get_pattern_key
 
     import peft.utils.transformers_weight_conversion as conv
-    from compat_patches.patches import peft_moe_regex_targets as patch
+    from compat_patches.patches.peft import moe_regex_targets as patch
 
     model = build_model()
     n_modules = sum(1 for _ in model.named_modules())

@@ -1,17 +1,16 @@
-"""The registered patches, in report order. Each module defines one ``PATCH`` record."""
+"""The registered patches, in report order: ``patches/<library>/<what_it_fixes>.py``, each
+defining one ``PATCH`` record. Importing a record imports nothing of the library it fixes."""
 
-from . import (
-    fsdp_packed_experts,
-    peft_moe_regex_targets,
-    transformers_rope_ignore_keys,
-    vllm_ascend_moe_layout,
-    vllm_fused_expert_kwargs,
-)
+from .peft import moe_regex_targets
+from .transformers import rope_ignore_keys
+from .verl import fsdp_packed_experts
+from .vllm import fused_expert_kwargs
+from .vllm_ascend import moe_layout
 
 ALL_PATCHES = (
-    transformers_rope_ignore_keys.PATCH,
-    peft_moe_regex_targets.PATCH,
-    vllm_ascend_moe_layout.PATCH,
+    rope_ignore_keys.PATCH,
+    moe_regex_targets.PATCH,
+    moe_layout.PATCH,
     fsdp_packed_experts.PATCH,
-    vllm_fused_expert_kwargs.PATCH,
+    fused_expert_kwargs.PATCH,
 )

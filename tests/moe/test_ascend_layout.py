@@ -5,7 +5,7 @@ The reference for where a shard goes is vLLM's FusedMoE weight loader
 routed_experts.py ``RoutedExperts._load_w13`` / ``_load_w2`` from 0.26): the checkpoint tensor is
 narrowed on its intermediate dim to ``[r*I/tp, (r+1)*I/tp)``; gate goes to w13 rows ``[0, I_tp)``,
 up to rows ``[I_tp, 2*I_tp)``, down to the whole w2 expert. ``reference_load`` below reproduces that
-(and tests/patches/test_vllm_ascend_moe_layout.py checks it against vLLM's own functions).
+(and tests/patches/vllm_ascend/test_moe_layout.py checks it against vLLM's own functions).
 """
 
 import pytest

@@ -33,7 +33,7 @@ The fix wraps ``process_weights_after_loading``:
 
 Select the mode per sync path (process-wide, not per thread)::
 
-    from compat_patches.patches.vllm_ascend_moe_layout import layout_mode
+    from compat_patches.patches.vllm_ascend.moe_layout import layout_mode
     with layout_mode("processed"):       # FSDP2 colocate: model.load_weights(per-expert tensors)
         model.load_weights(weights)
     with layout_mode("preprocessed"):    # full reload that should re-run vLLM-Ascend's post-load step
@@ -395,7 +395,7 @@ _FUSED_MOE = ("vllm_ascend.ops.fused_moe.fused_moe:"
 _ROUTED_EXPERTS = ("vllm_ascend.ops.fused_moe.routed_experts:"
                    "AscendUnquantizedFusedMoEMethod.process_weights_after_loading")
 
-#: Measured per release by reading each wheel / sdist (tests/patches/test_vllm_ascend_moe_layout.py):
+#: Measured per release by reading each wheel / sdist (tests/patches/vllm_ascend/test_moe_layout.py):
 #: (versions, target path, assignment form)
 TARGET_SHAPES = (
     (">=0.11.0rc1,<0.12.0rc1", _COMMON_FUSED_MOE, "parameter"),

@@ -240,7 +240,7 @@ def test_applied_once_every_target_module_is_imported():
 
 @affected
 def test_fingerprint_matches_the_installed_release():
-    from compat_patches.patches import vllm_fused_expert_kwargs as mod
+    from compat_patches.patches.vllm import fused_expert_kwargs as mod
 
     for module_name, class_name in CLASSES:
         try:
@@ -275,7 +275,7 @@ def test_foreign_wrapper_underneath_is_reported_not_bypassed():
 # the fingerprint (no vLLM needed)
 # --------------------------------------------------------------------------------------------
 def test_fingerprint_refuses_other_bodies():
-    from compat_patches.patches import vllm_fused_expert_kwargs as mod
+    from compat_patches.patches.vllm import fused_expert_kwargs as mod
 
     # exec'd code: give inspect a source through linecache
     import linecache
@@ -333,7 +333,7 @@ def test_a_build_inside_the_range_that_has_the_fix_reports_not_needed():
     """A source build inside the range (0.21.1.dev) or a vendor backport that already has the fix."""
     from compat_patches.core import PatchManager
     from compat_patches.core.versions import installed_version
-    from compat_patches.patches.vllm_fused_expert_kwargs import PATCH
+    from compat_patches.patches.vllm.fused_expert_kwargs import PATCH
 
     for module_name, _ in CLASSES:
         _import(module_name)

@@ -29,7 +29,7 @@ torch = pytest.importorskip("torch")
 import compat_patches  # noqa: E402
 from compat_patches.core.versions import in_range  # noqa: E402
 from compat_patches.moe import expand_packed_experts, packed_expert_kind  # noqa: E402
-from compat_patches.patches import fsdp_packed_experts as mod  # noqa: E402
+from compat_patches.patches.verl import fsdp_packed_experts as mod  # noqa: E402
 
 NAME = "fsdp-packed-experts"
 E, I, H = 4, 6, 20
@@ -72,7 +72,7 @@ def test_importing_the_patch_module_imports_no_torch_or_verl():
     import subprocess
     import sys
 
-    code = ("import sys, compat_patches.patches.fsdp_packed_experts; "
+    code = ("import sys, compat_patches.patches.verl.fsdp_packed_experts; "
             "print(sorted(m for m in ('torch', 'verl', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -29,9 +29,9 @@ torch = pytest.importorskip("torch")
 
 from compat_patches.core import PatchManager  # noqa: E402
 
-from ..artifacts import artifact_dir  # noqa: E402
+from ...artifacts import artifact_dir  # noqa: E402
 from compat_patches.moe import ascend_layout  # noqa: E402
-from compat_patches.patches import vllm_ascend_moe_layout as mod  # noqa: E402
+from compat_patches.patches.vllm_ascend import moe_layout as mod  # noqa: E402
 
 NAME = "vllm-ascend-moe-layout"
 COMMON = "vllm_ascend.ops.common_fused_moe"

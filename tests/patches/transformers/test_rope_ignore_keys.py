@@ -27,9 +27,9 @@ import pytest
 
 import compat_patches
 from compat_patches.core.versions import in_range
-from compat_patches.patches import transformers_rope_ignore_keys as mod
+from compat_patches.patches.transformers import rope_ignore_keys as mod
 
-from ..artifacts import artifact_dir
+from ...artifacts import artifact_dir
 
 NAME = "transformers-rope-ignore-keys"
 AFFECTED = ">=5.0.0rc0,<=5.10.0.dev0"

@@ -1,0 +1,1 @@
+"""Patches of vLLM-Ascend (read from source: it needs torch_npu to import)."""
