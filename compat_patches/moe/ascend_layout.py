@@ -29,6 +29,8 @@ shard is read once.
 
 from __future__ import annotations
 
+import operator
+import sys
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, torch is imported lazily
@@ -68,20 +70,43 @@ def normalize_shard_id(shard_id: str) -> str:
         ) from None
 
 
-def _check_3d(name, tensor):
-    shape = tuple(getattr(tensor, "shape", ()))
-    if len(shape) != 3:
-        raise ValueError(f"{name} must be a 3-D expert tensor [E, ., .], got shape {shape}")
-    return shape
-
-
-def _check_dims(name, shape, expected, layout):
-    for axis, (got, want) in enumerate(zip(shape, expected)):
+def _check(arg, tensor, layout, hidden_size=None, intermediate_size=None):
+    """The shape of `tensor` (the argument named `arg`) if it is a torch.Tensor in `layout`, such
+    as ``"[E, H, 2*I_tp]"``: H = hidden_size and I_tp = intermediate_size where given, 2*I_tp even,
+    other dims free. Else a TypeError/ValueError naming `arg` (or the size), what it got and what
+    was expected."""
+    sizes = {}
+    for key, dim, value in (("hidden_size", "H", hidden_size),
+                            ("intermediate_size", "I_tp", intermediate_size)):
+        if value is None:
+            continue
+        # ints and NumPy/torch integers; a str or float would multiply or compare wrongly
+        # (2 * "4" == "44", 4.0 == 4), a bool would pass as 0 or 1
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            sizes[dim] = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{key} must be a positive int, got {value!r}") from None
+        if sizes[dim] < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    if "I_tp" in sizes:
+        sizes["2*I_tp"] = 2 * sizes["I_tp"]
+    torch = sys.modules.get("torch")  # not imported: `tensor` cannot be a torch.Tensor
+    if torch is None or not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+    shape, dims = list(tensor.shape), layout.strip("[]").split(", ")
+    if len(shape) != len(dims):
+        raise ValueError(f"{arg} must be {len(dims)}-D {layout}, got shape {shape}")
+    expected = [sizes.get(dim) for dim in dims]
+    for axis, (dim, got, want) in enumerate(zip(dims, shape, expected)):
         if want is not None and got != want:
-            raise ValueError(
-                f"{name}: expected {layout} layout {list(expected)} (None = any), "
-                f"got shape {list(shape)} (dim {axis}: {got} != {want})"
-            )
+            raise ValueError(f"{arg}: expected {layout} = {expected} (None = any), got shape "
+                             f"{shape} (dim {axis}: {got} != {want})")
+        if dim == "2*I_tp" and got % 2:
+            raise ValueError(f"{arg}: expected {layout}, got shape {shape}: dim {axis} (2*I_tp, "
+                             "gate rows then up rows) must be even")
+    return tuple(shape)
 
 
 def _swap(tensor):
@@ -91,70 +116,65 @@ def _swap(tensor):
 def w13_to_processed(w13: "torch.Tensor", *, hidden_size: Optional[int] = None,
                      intermediate_size: Optional[int] = None) -> "torch.Tensor":
     """``[E, 2*I_tp, H] -> [E, H, 2*I_tp]`` (new contiguous tensor, what vLLM-Ascend's post-load
-    step computes). ``intermediate_size`` is the per-rank ``I_tp`` (only checked when given)."""
-    shape = _check_3d("w13 (preprocessed)", w13)
-    two_i = None if intermediate_size is None else 2 * intermediate_size
-    _check_dims("w13 (preprocessed)", shape, (None, two_i, hidden_size), "[E, 2*I_tp, H]")
+    step computes). ``intermediate_size`` is the per-rank ``I_tp`` (only checked when given;
+    ``2*I_tp`` must be even in any case). Bad input raises TypeError/ValueError naming the argument."""
+    _check("w13", w13, "[E, 2*I_tp, H]", hidden_size, intermediate_size)
     return _swap(w13)
 
 
 def w13_to_preprocessed(w13: "torch.Tensor", *, hidden_size: Optional[int] = None,
                         intermediate_size: Optional[int] = None) -> "torch.Tensor":
     """``[E, H, 2*I_tp] -> [E, 2*I_tp, H]`` (new contiguous tensor): undo the post-load step."""
-    shape = _check_3d("w13 (processed)", w13)
-    two_i = None if intermediate_size is None else 2 * intermediate_size
-    _check_dims("w13 (processed)", shape, (None, hidden_size, two_i), "[E, H, 2*I_tp]")
+    _check("w13", w13, "[E, H, 2*I_tp]", hidden_size, intermediate_size)
     return _swap(w13)
 
 
 def w2_to_processed(w2: "torch.Tensor", *, hidden_size: Optional[int] = None,
                     intermediate_size: Optional[int] = None) -> "torch.Tensor":
     """``[E, H, I_tp] -> [E, I_tp, H]`` (new contiguous tensor)."""
-    shape = _check_3d("w2 (preprocessed)", w2)
-    _check_dims("w2 (preprocessed)", shape, (None, hidden_size, intermediate_size), "[E, H, I_tp]")
+    _check("w2", w2, "[E, H, I_tp]", hidden_size, intermediate_size)
     return _swap(w2)
 
 
 def w2_to_preprocessed(w2: "torch.Tensor", *, hidden_size: Optional[int] = None,
                        intermediate_size: Optional[int] = None) -> "torch.Tensor":
     """``[E, I_tp, H] -> [E, H, I_tp]`` (new contiguous tensor): undo the post-load step."""
-    shape = _check_3d("w2 (processed)", w2)
-    _check_dims("w2 (processed)", shape, (None, intermediate_size, hidden_size), "[E, I_tp, H]")
+    _check("w2", w2, "[E, I_tp, H]", hidden_size, intermediate_size)
     return _swap(w2)
 
 
 def preprocessed_view(processed: "torch.Tensor") -> "torch.Tensor":
     """Zero-copy view of a processed w13/w2 tensor in the preprocessed orientation
     (``transpose(1, 2)``, shares storage). Writing into the view writes the processed tensor."""
-    _check_3d("processed tensor", processed)
+    _check("processed", processed, "[E, ., .]")
     return processed.transpose(1, 2)
 
 
-def _w13_split(shard_id, columns, is_act_and_mul):
-    if not is_act_and_mul:
-        if shard_id != "w1":
-            raise ValueError(f"w13 without act_and_mul holds only w1 (gate), got {shard_id!r}")
-        return 0, columns
-    if columns % 2:
-        raise ValueError(f"w13 last dimension (2*I_tp) must be even, got {columns}")
-    half = columns // 2
-    return (0, half) if shard_id == "w1" else (half, half)
-
-
 def expert_shard_view(processed: "torch.Tensor", shard_id: str, expert_id: Optional[int] = None, *,
-                      is_act_and_mul: bool = True) -> "torch.Tensor":
+                      is_act_and_mul: bool = True, hidden_size: Optional[int] = None,
+                      intermediate_size: Optional[int] = None) -> "torch.Tensor":
     """The part of a PROCESSED w13/w2 tensor that holds one shard, seen in checkpoint orientation.
 
     ``w1``/``w3``: ``[I_tp, H]`` (``[E, I_tp, H]`` when ``expert_id`` is None);
     ``w2``: ``[H, I_tp]`` (``[E, H, I_tp]``). Views: zero copy, writes go to ``processed``.
+    A shape alone cannot tell a processed w13 ``[E, H, 2*I_tp]`` from a w2 ``[E, I_tp, H]``: give
+    ``hidden_size`` / ``intermediate_size`` (per rank) to have ``processed`` checked against the
+    layout of ``shard_id``, so that the tensor of the other projection raises ValueError.
     """
     shard_id = normalize_shard_id(shard_id)
-    shape = _check_3d("processed tensor", processed)
+    if not isinstance(is_act_and_mul, bool):  # a str "False" would be true
+        raise TypeError(f"is_act_and_mul must be a bool, got {is_act_and_mul!r}")
+    if shard_id == "w3" and not is_act_and_mul:
+        raise ValueError(f"w13 without act_and_mul holds only w1 (gate), got {shard_id!r}")
+    layout = ("[E, I_tp, H]" if shard_id == "w2" else
+              "[E, H, 2*I_tp]" if is_act_and_mul else "[E, H, I_tp]")
+    shape = _check("processed", processed, layout, hidden_size, intermediate_size)
     if expert_id is not None:
-        if not isinstance(expert_id, int) or isinstance(expert_id, bool):
-            raise ValueError(f"expert_id must be an int, got {expert_id!r}")
+        if type(expert_id) is not int:  # not bool either
+            raise TypeError(f"expert_id must be an int or None, got {expert_id!r}")
         if not 0 <= expert_id < shape[0]:
-            raise ValueError(f"expert_id {expert_id} out of range for {shape[0]} local experts")
+            raise ValueError(f"expert_id {expert_id} out of range: expected 0 <= expert_id < "
+                             f"{shape[0]} (the local experts of processed {list(shape)})")
         target = processed[expert_id]            # [H, 2I_tp] or [I_tp, H]
         swap = (0, 1)
     else:
@@ -162,7 +182,8 @@ def expert_shard_view(processed: "torch.Tensor", shard_id: str, expert_id: Optio
         swap = (1, 2)
     if shard_id == "w2":
         return target.transpose(*swap)           # [.., H, I_tp]
-    start, length = _w13_split(shard_id, shape[2], is_act_and_mul)
+    length = shape[2] // 2 if is_act_and_mul else shape[2]
+    start = length if shard_id == "w3" else 0
     return target.narrow(swap[1], start, length).transpose(*swap)   # [.., I_tp, H]
 
 
@@ -180,17 +201,24 @@ def write_expert_shard(processed: "torch.Tensor", loaded_weight: "torch.Tensor",
     transposed view); nothing of the size of ``processed`` is allocated.
     """
     shard_id = normalize_shard_id(shard_id)
-    shape = _check_3d("processed tensor", processed)
-    if not isinstance(tp_size, int) or tp_size < 1:
+    # type(), not isinstance(): a bool would pass as 0 or 1
+    if type(tp_size) is not int:
+        raise TypeError(f"tp_size must be a positive int, got {tp_size!r}")
+    if tp_size < 1:
         raise ValueError(f"tp_size must be a positive int, got {tp_size!r}")
-    if not isinstance(tp_rank, int) or not 0 <= tp_rank < tp_size:
+    if type(tp_rank) is not int:
+        raise TypeError(f"tp_rank must be an int in [0, {tp_size}), got {tp_rank!r}")
+    if not 0 <= tp_rank < tp_size:
         raise ValueError(f"tp_rank must be an int in [0, {tp_size}), got {tp_rank!r}")
+    if not isinstance(pre_sharded, bool):
+        raise TypeError(f"pre_sharded must be a bool, got {pre_sharded!r}")
     destination = expert_shard_view(processed, shard_id, expert_id, is_act_and_mul=is_act_and_mul)
-    want_ndim = 2 if expert_id is not None else 3
-    got_shape = tuple(getattr(loaded_weight, "shape", ()))
-    if len(got_shape) != want_ndim:
-        what = "one expert" if expert_id is not None else "all experts (expert_id=None)"
-        raise ValueError(f"loaded_weight for {what} must be {want_ndim}-D, got shape {got_shape}")
+    shape = tuple(processed.shape)
+    layout = "[H, I]" if shard_id == "w2" else "[I, H]"
+    if expert_id is None:
+        layout = "[E, " + layout[1:]
+    got_shape = _check(f"loaded_weight (expert_id={expert_id!r})", loaded_weight, layout)
+    want_ndim = len(got_shape)
     # the intermediate (sharded) dim of the checkpoint tensor: rows for w1/w3, columns for w2
     shard_dim = (want_ndim - 2) + (1 if shard_id == "w2" else 0)
     other_dim = (want_ndim - 2) + (0 if shard_id == "w2" else 1)

@@ -31,6 +31,7 @@ Importing this module imports no torch.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -62,6 +63,8 @@ def packed_expert_kind(name: str) -> Optional[str]:
     Matches ``...mlp.experts.gate_up_proj`` and ``...mlp.experts.down_proj`` (the target patterns of
     transformers' ``qwen2_moe`` weight conversion), with or without a trailing ``.weight``.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str (a parameter name), got {name!r:.80}")
     stem = _stem(name)
     for suffix, kind in ((_GATE_UP, "gate_up_proj"), (_DOWN, "down_proj")):
         if stem == suffix or stem.endswith("." + suffix):
@@ -86,10 +89,16 @@ def _check(name: str, tensor, kind: str) -> None:
             f"packed MoE expert parameter {name!r} with shape {shape} is a DTensor: expand its "
             "full tensor (DTensor.full_tensor()), or its local shard if that is what you stream"
         )
-    if tensor.dim() != 3:
-        expected = "[num_experts, 2 * intermediate, hidden]" if kind == "gate_up_proj" else (
-            "[num_experts, hidden, intermediate]"
+    expected = "[num_experts, 2 * intermediate, hidden]" if kind == "gate_up_proj" else (
+        "[num_experts, hidden, intermediate]"
+    )
+    torch = sys.modules.get("torch")  # not imported: `tensor` cannot be a torch.Tensor
+    if torch is None or not isinstance(tensor, torch.Tensor):
+        raise TypeError(
+            f"packed MoE expert parameter {name!r}: tensor must be a torch.Tensor {expected}, "
+            f"got {type(tensor).__name__}"
         )
+    if tensor.dim() != 3:
         raise ValueError(
             f"packed MoE expert parameter {name!r} has shape {shape} (rank {tensor.dim()}); "
             f"expected a rank-3 tensor {expected}"
@@ -127,8 +136,9 @@ def iter_vllm_compatible_moe_params(name: str, tensor) -> Iterator[Tuple[str, "t
     ``(name, tensor)`` unchanged.
 
     The shape is checked eagerly, when this is called (not at the first ``next()``): a packed
-    parameter that is not rank 3, has an odd ``2I`` dimension, or is still a DTensor raises
-    ValueError/TypeError naming the parameter and its shape.
+    parameter that is not a torch.Tensor, is not rank 3, has an odd ``2I`` dimension, or is still a
+    DTensor raises ValueError/TypeError naming the parameter and its shape; so does a `name` that is
+    not a str.
     """
     kind = packed_expert_kind(name)
     if kind is None:
@@ -149,12 +159,34 @@ def expand_packed_experts(
     weight-sync generator that gathers one FSDP parameter at a time. Pairs that are not packed
     experts are yielded as the very same tuple object. With ``model_type`` in
     :data:`PACKED_NATIVE_MODEL_TYPES` (``"gpt_oss"``) every pair is passed through.
+
+    The arguments are checked when this is called (TypeError); each pair when it is pulled.
     """
-    if model_type in PACKED_NATIVE_MODEL_TYPES:
-        yield from named_tensors
+    if model_type is not None and not isinstance(model_type, str):
+        raise TypeError(f"model_type must be a str such as 'qwen3_moe', or None, got "
+                        f"{model_type!r:.80}")
+    # A state dict iterates over its keys, and a 2-character key unpacks into a "pair".
+    if isinstance(named_tensors, Mapping):
+        raise TypeError(f"named_tensors must be an iterable of (name, tensor) pairs, got a "
+                        f"{type(named_tensors).__name__}: pass its .items()")
+    try:
+        pairs = iter(named_tensors)
+    except TypeError:
+        raise TypeError(f"named_tensors must be an iterable of (name, tensor) pairs, got "
+                        f"{named_tensors!r:.80}") from None
+    return _expand(pairs, model_type in PACKED_NATIVE_MODEL_TYPES)
+
+
+def _expand(pairs, pass_through: bool) -> Iterator[Tuple[str, "torch.Tensor"]]:
+    if pass_through:
+        yield from pairs
         return
-    for pair in named_tensors:
-        name, tensor = pair
+    for pair in pairs:
+        try:
+            name, tensor = pair
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"named_tensors must yield (name, tensor) pairs, got {pair!r:.80}") from None
         if packed_expert_kind(name) is None:
             yield pair
         else:

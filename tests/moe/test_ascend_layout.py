@@ -138,6 +138,118 @@ def test_not_act_and_mul_holds_only_gate():
         al.write_expert_shard(p13, gate, "w3", 0, is_act_and_mul=False)
 
 
+# ------------------------------------------------------------------ hostile input: clear errors
+# E=2, H=5, I_tp=4; each function gets a tensor in the layout it expects, so only the argument fails.
+_CONVERTERS = {
+    "w13_to_processed": (al.w13_to_processed, "w13", (2, 8, 5)),
+    "w13_to_preprocessed": (al.w13_to_preprocessed, "w13", (2, 5, 8)),
+    "w2_to_processed": (al.w2_to_processed, "w2", (2, 5, 4)),
+    "w2_to_preprocessed": (al.w2_to_preprocessed, "w2", (2, 4, 5)),
+    "expert_shard_view": (lambda t, **kw: al.expert_shard_view(t, "w1", 0, **kw), "processed",
+                          (2, 5, 8)),
+}
+_SIZES = dict(hidden_size=5, intermediate_size=4)
+
+
+@pytest.mark.parametrize("bad, error", [
+    (str, TypeError),            # "4": 2 * "4" == "44"
+    (float, TypeError),
+    (lambda v: True, TypeError),
+    (lambda v: -v, ValueError),
+    (lambda v: 0, ValueError),
+])
+@pytest.mark.parametrize("size", list(_SIZES))
+@pytest.mark.parametrize("function", list(_CONVERTERS))
+def test_sizes_must_be_positive_ints(function, size, bad, error):
+    fn, _, shape = _CONVERTERS[function]
+    value = bad(_SIZES[size])
+    with pytest.raises(error) as info:
+        fn(torch.zeros(shape), **{size: value})
+    msg = str(info.value)
+    assert f"{size} must be a positive int" in msg and f"got {value!r}" in msg
+
+
+def _numpy_zeros(shape):
+    return pytest.importorskip("numpy").zeros(shape)
+
+
+_NOT_TENSORS = [
+    (lambda shape: None, "NoneType"),
+    (_numpy_zeros, "ndarray"),
+    (lambda shape: torch.zeros(shape).tolist(), "list"),
+]
+
+
+@pytest.mark.parametrize("make, given", _NOT_TENSORS)
+@pytest.mark.parametrize("function", list(_CONVERTERS) + ["preprocessed_view"])
+def test_not_a_tensor_raises_naming_the_argument(function, make, given):
+    fn, arg, shape = _CONVERTERS.get(function, (al.preprocessed_view, "processed", (2, 5, 8)))
+    with pytest.raises(TypeError) as info:
+        fn(make(shape))
+    msg = str(info.value)
+    assert f"{arg} must be a torch.Tensor" in msg and given in msg
+
+
+@pytest.mark.parametrize("make, given", _NOT_TENSORS)
+@pytest.mark.parametrize("pre_sharded", [False, True])
+def test_writer_not_a_tensor_raises_naming_the_argument(make, given, pre_sharded):
+    p13 = torch.zeros(2, 5, 8)
+    for args, arg in (((make((2, 5, 8)), torch.zeros(4, 5)), "processed"),
+                      ((p13, make((4, 5))), "loaded_weight")):
+        with pytest.raises(TypeError) as info:
+            al.write_expert_shard(*args, "w1", 0, pre_sharded=pre_sharded)
+        msg = str(info.value)
+        assert msg.startswith(arg) and "must be a torch.Tensor" in msg and given in msg
+
+
+@pytest.mark.parametrize("fn, shape", [(al.w13_to_processed, (2, 7, 5)),
+                                       (al.w13_to_preprocessed, (2, 5, 7))])
+def test_odd_gate_up_dimension_raises_without_sizes(fn, shape):
+    with pytest.raises(ValueError) as info:
+        fn(torch.zeros(shape))
+    msg = str(info.value)
+    assert "w13" in msg and str(list(shape)) in msg and "2*I_tp" in msg and "even" in msg
+
+
+@pytest.mark.parametrize("shard_id, shape, sizes, layout", [
+    ("w2", (2, 5, 8), _SIZES, "[E, I_tp, H]"),                      # the processed w13 as w2
+    ("w2", (2, 5, 8), dict(intermediate_size=4), "[E, I_tp, H]"),
+    ("w1", (2, 4, 5), dict(hidden_size=5), "[E, H, 2*I_tp]"),       # the processed w2 as w1
+    ("up", (2, 4, 5), dict(intermediate_size=4), "[E, H, 2*I_tp]"),
+])
+def test_shard_view_of_the_other_projection_raises_when_sizes_are_given(shard_id, shape, sizes, layout):
+    with pytest.raises(ValueError) as info:
+        al.expert_shard_view(torch.zeros(shape), shard_id, 0, **sizes)
+    msg = str(info.value)
+    assert "processed" in msg and str(list(shape)) in msg and layout in msg
+    p13, p2 = torch.randn(2, 5, 8), torch.randn(2, 4, 5)  # the right tensors: the very same views
+    for tensor, shard in ((p13, "w1"), (p13, "w3"), (p2, "w2")):
+        for expert_id in (None, 1):
+            a = al.expert_shard_view(tensor, shard, expert_id)
+            b = al.expert_shard_view(tensor, shard, expert_id, **_SIZES)
+            assert a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, error, needles", [
+    (dict(expert_id=True), TypeError, ["expert_id must be an int or None", "got True"]),
+    (dict(expert_id=1.0), TypeError, ["expert_id must be an int or None", "got 1.0"]),
+    (dict(expert_id="0"), TypeError, ["expert_id must be an int or None", "got '0'"]),
+    (dict(expert_id=-1), ValueError, ["expert_id -1 out of range", "0 <= expert_id < 2"]),
+    (dict(is_act_and_mul="False"), TypeError, ["is_act_and_mul must be a bool", "got 'False'"]),
+    (dict(tp_size=True), TypeError, ["tp_size must be a positive int", "got True"]),
+    (dict(tp_size=2.0), TypeError, ["tp_size must be a positive int", "got 2.0"]),
+    (dict(tp_rank=False), TypeError, ["tp_rank must be an int in [0, 1)", "got False"]),
+    (dict(pre_sharded="no"), TypeError, ["pre_sharded must be a bool", "got 'no'"]),
+])
+def test_writer_ids_and_flags_of_the_wrong_type_or_range_raise(kwargs, error, needles):
+    p13 = torch.zeros(2, 5, 8)   # E=2, H=5, I_tp=4
+    expert_id = kwargs.pop("expert_id", 0)
+    with pytest.raises(error) as info:
+        al.write_expert_shard(p13, torch.zeros(4, 5), "w1", expert_id, **kwargs)
+    assert all(n in str(info.value) for n in needles), str(info.value)
+    assert p13.abs().sum() == 0   # nothing written
+
+
 def test_reexported_from_package():
     import compat_patches.moe as moe
     for name in ("write_expert_shard", "w13_to_processed", "w13_to_preprocessed",

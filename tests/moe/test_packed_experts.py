@@ -296,6 +296,68 @@ def test_malformed_packed_tensor_raises_naming_parameter_and_shape(name, shape, 
         list(expand_packed_experts([("ok.weight", torch.zeros(1)), (name, torch.zeros(shape))]))
 
 
+def _numpy_zeros(shape):
+    return pytest.importorskip("numpy").zeros(shape)
+
+
+@pytest.mark.parametrize("make, given", [
+    (lambda: None, "NoneType"),
+    (lambda: _numpy_zeros((E, 2 * I, H)), "ndarray"),
+    (lambda: torch.zeros(E, 2 * I, H).tolist(), "list"),
+    (lambda: "w", "str"),
+])
+@pytest.mark.parametrize("name", ["model.layers.7.mlp.experts.gate_up_proj",
+                                  "model.layers.7.mlp.experts.down_proj.weight"])
+def test_packed_parameter_that_is_not_a_tensor_raises_naming_it(name, make, given):
+    value = make()
+    for call in (lambda: iter_vllm_compatible_moe_params(name, value),
+                 lambda: list(expand_packed_experts([(name, value)]))):
+        with pytest.raises(TypeError) as info:
+            call()
+        msg = str(info.value)
+        assert name in msg and "tensor must be a torch.Tensor" in msg and given in msg
+
+
+@pytest.mark.parametrize("name", [None, b"mlp.experts.down_proj", 3, ("mlp.experts.down_proj",)])
+def test_parameter_name_that_is_not_a_str_raises_naming_it(name):
+    for call in (lambda: packed_expert_kind(name),
+                 lambda: iter_vllm_compatible_moe_params(name, torch.zeros(E, H, I)),
+                 lambda: list(expand_packed_experts([(name, torch.zeros(E, H, I))]))):
+        with pytest.raises(TypeError) as info:
+            call()
+        msg = str(info.value)
+        assert "name must be a str" in msg and repr(name) in msg
+
+
+@pytest.mark.parametrize("named_tensors, given, expected", [
+    ({"m.mlp.experts.down_proj": torch.zeros(E, H, I)}, "dict", ".items()"),   # a state dict itself
+    (None, "None", "iterable of (name, tensor) pairs"),
+    (torch.zeros(E, H, I).numel(), repr(E * H * I), "iterable of (name, tensor) pairs"),
+])
+def test_expand_refuses_what_is_not_a_stream_of_pairs_eagerly(named_tensors, given, expected):
+    with pytest.raises(TypeError) as info:
+        expand_packed_experts(named_tensors)  # eager: no next() needed
+    msg = str(info.value)
+    assert "named_tensors" in msg and given in msg and expected in msg
+
+
+@pytest.mark.parametrize("item", ["m.embed_tokens.weight", ("m.mlp.experts.down_proj",),
+                                  ("m.mlp.experts.down_proj", torch.zeros(E, H, I), "extra")])
+def test_expand_refuses_an_item_that_is_not_a_pair(item):
+    with pytest.raises(TypeError) as info:
+        list(expand_packed_experts([("ok.weight", torch.zeros(1)), item]))
+    msg = str(info.value)
+    assert "named_tensors" in msg and "(name, tensor) pairs" in msg and repr(item)[:20] in msg
+
+
+@pytest.mark.parametrize("model_type", [["gpt_oss"], 1, object()])
+def test_model_type_that_is_not_a_str_raises_eagerly(model_type):
+    with pytest.raises(TypeError) as info:
+        expand_packed_experts([], model_type=model_type)
+    msg = str(info.value)
+    assert "model_type must be a str" in msg and repr(model_type)[:20] in msg
+
+
 def test_works_on_full_tensors_of_an_fsdp2_sharded_module_and_refuses_raw_dtensors(gloo_world_1):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
