@@ -9,8 +9,11 @@ transformers, peft, vLLM, vLLM-Ascend and FSDP trainers.
 Importing this package imports no machine-learning library.
 """
 
+import _thread
+
 from .core import (
     CompatPatchesError,
+    InvalidSettingError,
     PatchDriftError,
     PatchFailedError,
     PatchManager,
@@ -22,28 +25,35 @@ from .core import (
 __version__ = "0.1.0"
 
 _manager = None
+_manager_lock = _thread.allocate_lock()
 
 
 def _default_manager():
     global _manager
     if _manager is None:
-        from .patches import ALL_PATCHES
+        with _manager_lock:  # threads racing to the first use must share one manager
+            if _manager is None:
+                from .patches import ALL_PATCHES
 
-        _manager = PatchManager(ALL_PATCHES)
+                _manager = PatchManager(ALL_PATCHES)
     return _manager
 
 
 def apply_all(*, only=None, exclude=None, strict=None) -> Report:
     """Apply every patch whose bug exists in this environment; returns the report.
 
-    `only` / `exclude` take patch names; `strict=True` (or COMPAT_PATCHES_STRICT=1) raises on drift
+    `only` / `exclude` take a patch name or an iterable of names; `strict=True` (or COMPAT_PATCHES_STRICT=1) raises on drift
     or failure instead of reporting it. Idempotent.
     """
     return _default_manager().apply_all(only=only, exclude=exclude, strict=strict)
 
 
 def revert_all() -> None:
-    """Revert every applied patch, restoring the original objects (`is`-identical)."""
+    """Revert every applied patch, restoring the original objects (`is`-identical).
+
+    Inside an open ``patched()`` block this reverts that block's patches too, now; leaving the
+    block afterwards changes nothing.
+    """
     _default_manager().revert_all()
 
 
@@ -69,6 +79,6 @@ def patch_names():
 
 __all__ = [
     "apply_all", "revert_all", "patched", "report", "get_patch", "patch_names",
-    "Report", "PatchReport", "CompatPatchesError", "UnknownPatchError", "PatchDriftError",
-    "PatchFailedError", "__version__",
+    "Report", "PatchReport", "CompatPatchesError", "UnknownPatchError", "InvalidSettingError",
+    "PatchDriftError", "PatchFailedError", "__version__",
 ]

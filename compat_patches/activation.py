@@ -18,33 +18,40 @@ stderr in processes where nobody configured logging (worker processes usually).
 Imports only the standard library at import time.
 """
 
-import logging
+import _thread
 import os
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
-logger = logging.getLogger("compat_patches")
+from .core.log import INFO, WARNING, log
 
 ENV_LOG_LEVEL = "COMPAT_PATCHES_LOG_LEVEL"
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _history = []
 _handler = None
 
 
-@dataclass(frozen=True)
 class Activation:
-    """One activation in one process: how it came (`via`), what it did (`report`), what broke."""
+    """One activation in one process: how it came (`via`), what it did (`report`, a
+    compat_patches.Report, or None when even the report could not be made), what broke (`error`:
+    the configuration or patch error that was reported, not raised)."""
 
-    via: str
-    pid: int
-    report: Optional[object]  # compat_patches.Report, or None when even the report could not be made
-    error: Optional[str] = None  # the configuration or patch error that was reported, not raised
-    argv: Tuple[str, ...] = field(default_factory=lambda: tuple(getattr(sys, "argv", ())))
-    time: float = field(default_factory=time.time)
+    __slots__ = ("via", "pid", "report", "error", "argv", "time")
+
+    def __init__(self, via, pid, report, error=None, argv=None, time=None):
+        object.__setattr__(self, "via", via)
+        object.__setattr__(self, "pid", pid)
+        object.__setattr__(self, "report", report)
+        object.__setattr__(self, "error", error)
+        object.__setattr__(self, "argv", tuple(getattr(sys, "argv", ())) if argv is None else tuple(argv))
+        object.__setattr__(self, "time", _now() if time is None else time)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Activation is immutable (cannot set {name!r})")
+
+    def __repr__(self):
+        return f"Activation(via={self.via!r}, pid={self.pid}, {self.summary()})"
 
     @property
     def ok(self):
@@ -77,6 +84,9 @@ class Activation:
         }
 
 
+_now = time.time
+
+
 def last():
     """The latest Activation in this process, or None when no entry point activated here."""
     with _lock:
@@ -95,6 +105,9 @@ def _configure_logging_from_env():
     level_name = os.environ.get(ENV_LOG_LEVEL, "").strip().upper()
     if not level_name or _handler is not None:
         return
+    import logging
+
+    logger = logging.getLogger("compat_patches")
     level = logging.getLevelName(level_name)
     if not isinstance(level, int):
         return
@@ -112,15 +125,16 @@ def validate_names(names, source="argument"):
     compat_patches.UnknownPatchError listing the known names. Used by the entry points to fail
     in the driver / launcher before any worker starts."""
     import compat_patches
+    from compat_patches.core.manager import names_argument, split_names
 
-    if isinstance(names, str):
-        names = [name.strip() for name in names.split(",")]
-    return compat_patches._default_manager().check_names((n for n in names if n), source)
+    names = split_names(names, source) if isinstance(names, str) else names_argument(names, source)
+    return compat_patches._default_manager().check_names(names, source)
 
 
 def validate_environment(environ=None):
     """Check COMPAT_PATCHES_ONLY / COMPAT_PATCHES_DISABLE of `environ` (default os.environ) as the
-    core will read them in the process that gets this environment; raises UnknownPatchError."""
+    core will read them in the process that gets this environment; raises UnknownPatchError or
+    InvalidSettingError (a bad COMPAT_PATCHES_STRICT value, a list naming nothing)."""
     import compat_patches
 
     compat_patches._default_manager().check_environment(environ)
@@ -158,6 +172,6 @@ def _record(via, report, error):
     activation = Activation(via=via, pid=os.getpid(), report=report, error=error)
     with _lock:
         _history.append(activation)
-    level = logging.INFO if activation.ok else logging.WARNING
-    logger.log(level, "activated in pid %d via %s: %s", activation.pid, via, activation.summary())
+    log(INFO if activation.ok else WARNING, "activated in pid %d via %s: %s", activation.pid, via,
+        activation.summary())
     return activation

@@ -20,11 +20,8 @@ import argparse
 import os
 import sys
 
-ENV_ONLY = "COMPAT_PATCHES_ONLY"
-ENV_DISABLE = "COMPAT_PATCHES_DISABLE"
-ENV_STRICT = "COMPAT_PATCHES_STRICT"
-ENV_LOG_LEVEL = "COMPAT_PATCHES_LOG_LEVEL"
-_ALL = {"1", "true", "yes", "on", "all", "*"}
+from .activation import ENV_LOG_LEVEL
+from .core.manager import ALL_VALUES, ENV_DISABLE, ENV_ONLY, ENV_STRICT
 
 
 def bootstrap_dir():
@@ -43,13 +40,14 @@ def pythonpath(existing=None):
 
 
 def build_env(environ=None, *, only=None, disable=None, strict=None, log_level=None):
-    """The environment the command runs in (a new dict). Raises UnknownPatchError."""
+    """The environment the command runs in (a new dict). Raises CompatPatchesError (an unknown
+    name, or a bad COMPAT_PATCHES_* value)."""
     from .activation import validate_environment, validate_names
 
     env = dict(os.environ if environ is None else environ)
     if only is not None:
         env[ENV_ONLY] = ",".join(validate_names(only, "--only"))
-    if disable is True or (isinstance(disable, str) and disable.strip().lower() in _ALL):
+    if disable is True or (isinstance(disable, str) and disable.strip().lower() in ALL_VALUES):
         env[ENV_DISABLE] = "1"
     elif disable:
         env[ENV_DISABLE] = ",".join(validate_names(disable, "--disable"))
@@ -93,12 +91,12 @@ def main(argv=None):
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    from .core import UnknownPatchError
+    from .core import CompatPatchesError
 
     try:
         env = build_env(only=args.only, disable=args.disable, strict=args.strict,
                         log_level="INFO" if args.verbose else None)
-    except UnknownPatchError as exc:
+    except CompatPatchesError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if args.print_pythonpath:
         print(env["PYTHONPATH"])

@@ -63,7 +63,7 @@ def pytest_configure(config):
 
     try:
         validate_names(choice, "--compat-patches")
-    except compat_patches.UnknownPatchError as exc:
+    except compat_patches.CompatPatchesError as exc:
         raise pytest.UsageError(f"compat_patches: {exc}") from None
     activation = activate("pytest", only=choice or None)
     setattr(config, _STATE_KEY, (choice, activation))
@@ -119,7 +119,7 @@ def _applied(names, strict):
     with contextlib.ExitStack() as stack:
         try:
             report = stack.enter_context(compat_patches.patched(*names, strict=strict))
-        except compat_patches.UnknownPatchError as exc:
+        except compat_patches.CompatPatchesError as exc:
             _fail_unknown(exc)
         yield report
 

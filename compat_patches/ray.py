@@ -26,15 +26,13 @@ This module imports neither ray nor any other heavy library.
 import importlib
 import os
 
+from .activation import ENV_LOG_LEVEL as _ENV_LOG_LEVEL
 from .activation import activate, validate_environment, validate_names
+from .core.manager import ENV_DISABLE as _ENV_DISABLE, ENV_ONLY as _ENV_ONLY, ENV_STRICT as _ENV_STRICT
 
 HOOK = "compat_patches.ray.setup"
 ENV_USER_HOOK = "COMPAT_PATCHES_RAY_USER_HOOK"
 _HOOK_KEY = "worker_process_setup_hook"
-_ENV_ONLY = "COMPAT_PATCHES_ONLY"
-_ENV_DISABLE = "COMPAT_PATCHES_DISABLE"
-_ENV_STRICT = "COMPAT_PATCHES_STRICT"
-_ENV_LOG_LEVEL = "COMPAT_PATCHES_LOG_LEVEL"
 
 
 def _load(path):
@@ -95,7 +93,7 @@ def runtime_env(existing=None, *, only=None, disable=None, strict=None):
       passed on to the workers unless given
       here or in `existing["env_vars"]` (workers on other nodes do not inherit the driver's env).
 
-    Unknown names, here or in those variables, raise compat_patches.UnknownPatchError now.
+    Unknown names or bad values, here or in those variables, raise a CompatPatchesError now.
     Merging twice changes nothing.
     """
     env = dict(existing or {})
@@ -109,7 +107,7 @@ def runtime_env(existing=None, *, only=None, disable=None, strict=None):
     for variable in (_ENV_ONLY, _ENV_DISABLE, _ENV_STRICT, _ENV_LOG_LEVEL):
         if variable not in env_vars and os.environ.get(variable):
             env_vars[variable] = os.environ[variable]
-    validate_environment({k: v for k, v in env_vars.items() if k in (_ENV_ONLY, _ENV_DISABLE)})
+    validate_environment({k: v for k, v in env_vars.items() if k in (_ENV_ONLY, _ENV_DISABLE, _ENV_STRICT)})
 
     hook = env.get(_HOOK_KEY)
     if hook is None or hook == HOOK or isinstance(hook, ChainedSetup):

@@ -1,7 +1,10 @@
-"""Shared test machinery: the `requires` marker and a guard against patches left applied."""
+"""Shared test machinery: the `requires` marker and a guard against patches left behind."""
+
+import sys
 
 import pytest
 
+import compat_patches
 from compat_patches.core import live_managers
 from compat_patches.core.versions import in_range, installed_version
 
@@ -27,11 +30,50 @@ def pytest_runtest_setup(item):
             pytest.skip(problem)
 
 
+def _statuses():
+    return {entry.name: entry.status for entry in compat_patches.report()}
+
+
+def _wrappers_left():
+    """Targets of registered patches still carrying a wrapper of ours while nothing is active."""
+    import wrapt
+
+    left = []
+    for manager in live_managers():
+        if manager.active_names():
+            continue
+        for name in manager.names:
+            for target in manager.get(name).targets:
+                module = sys.modules.get(target.module)
+                try:
+                    current = wrapt.resolve_path(module, target.attribute)[2]
+                except Exception:  # not imported, or not there in this release
+                    continue
+                if any(getattr(entry, "_self_wrapper", None) is target.wrapper
+                       for entry in wrapt.wrapper_chain(current)):
+                    left.append(target.path)
+    return left
+
+
 @pytest.fixture(autouse=True)
 def _no_patch_left_applied():
+    """Fails a test that leaves a patch applied, a wrapper of ours on a target, or the default
+    manager's report changed (a finding such as `drifted` would otherwise mislead later tests)."""
+    before = _statuses()
     yield
-    leaked = {id(m): m.active_names() for m in live_managers() if m.active_names()}
+    problems = []
+    leaked = sorted({n for m in live_managers() for n in m.active_names()})
     if leaked:
         for manager in live_managers():
             manager.revert_all()
-        pytest.fail(f"test left patches applied: {sorted(set().union(*leaked.values()))}")
+        problems.append(f"test left patches applied: {leaked}")
+    left = _wrappers_left()
+    if left:
+        problems.append(f"test left wrappers of ours on: {left}")
+    after = _statuses()
+    changed = {name: f"{before[name]} -> {after[name]}" for name in after if after[name] != before[name]}
+    if changed:
+        problems.append(f"test changed the default manager's report: {changed} (re-apply and "
+                        "revert to clear a finding)")
+    if problems:
+        pytest.fail("; ".join(problems))

@@ -48,6 +48,31 @@ def test_imports_nothing_heavy(code):
     assert json.loads(proc.stdout.splitlines()[-1]) == []
 
 
+def _modules_after(code):
+    proc = run_python(f"{code}\nimport sys; print(' '.join(sorted(sys.modules)))")
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split("\n")[-2].split())
+
+
+@pytest.mark.parametrize("code", [
+    "import compat_patches",
+    "import compat_patches; compat_patches.apply_all(); compat_patches.report()",
+    "import compat_patches.auto",
+])
+def test_import_and_apply_pull_in_only_our_own_modules(code):
+    """Every process of a job pays for this (the launcher's sitecustomize): no logging, no
+    importlib.metadata, no dataclasses, no wrapt; packaging only where a patched library is
+    installed (to compare its version). benchmarks/bench_import.py measures the time."""
+    from compat_patches.core.versions import installed_version
+
+    bare = _modules_after("pass")
+    allowed = {"__future__"}
+    if any(installed_version(dist) for name in NAMES for dist in compat_patches.get_patch(name).affected):
+        allowed |= _modules_after("import packaging.version, packaging.specifiers") - bare
+    extra = {m for m in _modules_after(code) - bare if not m.startswith("compat_patches")}
+    assert extra <= allowed, sorted(extra - allowed)
+
+
 def test_plain_import_does_not_pay_for_wrapt_or_asyncio():
     proc = run_python("import compat_patches, sys; print(sorted(m for m in ('wrapt', 'asyncio') if m in sys.modules))")
     assert proc.stdout.split()[-1] == "[]", proc.stdout + proc.stderr

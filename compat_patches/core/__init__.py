@@ -1,14 +1,18 @@
 """The patch framework. Knows no library: patches are records handed to a PatchManager."""
 
-from .errors import CompatPatchesError, PatchDriftError, PatchFailedError, UnknownPatchError
+from .errors import (
+    CompatPatchesError, InvalidSettingError, PatchDriftError, PatchFailedError, UnknownPatchError,
+)
 from .manager import (
     ENV_DISABLE, ENV_ONLY, ENV_STRICT, TRUE_VALUES, PatchManager, env_strict, live_managers,
+    parse_flag,
 )
 from .record import Patch, Target
 from .report import STATUSES, PatchReport, Report
 
 __all__ = [
-    "CompatPatchesError", "PatchDriftError", "PatchFailedError", "UnknownPatchError",
-    "PatchManager", "live_managers", "ENV_DISABLE", "ENV_ONLY", "ENV_STRICT", "TRUE_VALUES",
-    "env_strict", "Patch", "Target", "STATUSES", "PatchReport", "Report",
+    "CompatPatchesError", "InvalidSettingError", "PatchDriftError", "PatchFailedError",
+    "UnknownPatchError", "PatchManager", "live_managers", "ENV_DISABLE", "ENV_ONLY", "ENV_STRICT",
+    "TRUE_VALUES", "env_strict", "parse_flag", "Patch", "Target", "STATUSES", "PatchReport",
+    "Report",
 ]

@@ -27,3 +27,7 @@ class PatchDriftError(CompatPatchesError):
 
 class PatchFailedError(CompatPatchesError):
     """Strict mode: installing or removing a wrapper raised."""
+
+
+class InvalidSettingError(CompatPatchesError, ValueError):
+    """A COMPAT_PATCHES_* environment variable or an argument with a value we do not accept."""

@@ -1,17 +1,28 @@
-"""The declarative patch record: what a patch fixes, where the bug exists, what it wraps."""
+"""The declarative patch record: what a patch fixes, where the bug exists, what it wraps.
 
-import re
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Callable, Mapping, Optional, Tuple
+Plain classes, no dataclasses / typing / re: every record is built when the registry is first used,
+in every patched process, so they must cost next to nothing to define.
+"""
 
-from .versions import parse_specifier
-
-_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
-@dataclass(frozen=True)
-class Target:
+class _Frozen:
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable (cannot set {name!r})")
+
+    def _init(self, **values):
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class Target(_Frozen):
     """One attribute to wrap, as ``"package.module:Class.attribute"``.
 
     `params` are the parameter names the original must have; `check(original)` may return a drift
@@ -21,61 +32,73 @@ class Target:
     changed shape gets one Target per shape).
     """
 
-    path: str
-    wrapper: Callable
-    params: Optional[Tuple[str, ...]] = None
-    check: Optional[Callable] = None
-    versions: Optional[str] = None
-    fixed: Optional[Callable] = None
+    __slots__ = ("path", "wrapper", "params", "check", "versions", "fixed", "module", "attribute")
+    _repr_fields = ("path", "versions")
 
-    def __post_init__(self):
-        module, sep, attribute = self.path.partition(":")
+    def __init__(self, path, wrapper, params=None, check=None, versions=None, fixed=None):
+        module, sep, attribute = path.partition(":") if isinstance(path, str) else ("", "", "")
         if not sep or not module or not attribute:
             raise ValueError(
-                f"target path {self.path!r} must look like 'package.module:Class.attribute'"
+                f"target path {path!r} must look like 'package.module:Class.attribute'"
             )
-        if not callable(self.wrapper):
-            raise TypeError(f"target {self.path!r}: wrapper must be callable, got {self.wrapper!r}")
-        if self.params is not None:
-            object.__setattr__(self, "params", tuple(self.params))
-        if self.versions is not None:
-            parse_specifier(self.versions, owner=f"target {self.path!r}")
-
-    @property
-    def module(self):
-        return self.path.partition(":")[0]
-
-    @property
-    def attribute(self):
-        return self.path.partition(":")[2]
+        if not callable(wrapper):
+            raise TypeError(f"target {path!r}: wrapper must be callable, got {wrapper!r}")
+        if isinstance(params, str):
+            raise TypeError(f"target {path!r}: params must be a tuple of names, got {params!r}")
+        if versions is not None and not isinstance(versions, str):
+            raise TypeError(f"target {path!r}: versions must be a PEP 440 range string, "
+                            f"got {versions!r}")
+        self._init(path=path, wrapper=wrapper, params=None if params is None else tuple(params),
+                   check=check, versions=versions, fixed=fixed, module=module, attribute=attribute)
 
 
-@dataclass(frozen=True)
-class Patch:
-    """A scoped, version-gated fix of one upstream bug."""
+class Patch(_Frozen):
+    """A scoped, version-gated fix of one upstream bug.
 
-    name: str
-    summary: str
-    upstream: str
-    affected: Mapping[str, str]
-    targets: Tuple[Target, ...]
-    fixed_in: Optional[str] = None
-    notes: str = field(default="", compare=False)
+    `affected` maps each distribution to the PEP 440 range where the bug exists; the first one is
+    the primary distribution, whose version selects among target shapes. `upstream_tests` are
+    pytest node ids (from the repository root) of the upstream fix's own regression tests, copied
+    under tests/upstream/; `differences` says where the patch deliberately differs from upstream.
+    """
 
-    def __post_init__(self):
-        if not _NAME.match(self.name):
-            raise ValueError(f"patch name {self.name!r} must be lowercase words joined by '-'")
-        if not self.affected:
-            raise ValueError(f"patch {self.name!r}: affected must name at least one distribution")
-        for dist, spec in self.affected.items():
-            parse_specifier(spec, owner=f"patch {self.name!r}, distribution {dist!r}")
-        object.__setattr__(self, "affected", MappingProxyType(dict(self.affected)))
-        object.__setattr__(self, "targets", tuple(self.targets))
-        for target in self.targets:
+    __slots__ = ("name", "summary", "upstream", "affected", "targets", "fixed_in", "notes",
+                 "upstream_tests", "differences")
+    _repr_fields = ("name", "affected")
+
+    def __init__(self, name, summary, upstream, affected, targets, fixed_in=None, notes="",
+                 upstream_tests=(), differences=""):
+        if not (isinstance(name, str) and name and name[0] != "-" and name[-1] != "-"
+                and "--" not in name and set(name) <= _NAME_CHARS | {"-"}):
+            raise ValueError(f"patch name {name!r} must be lowercase words joined by '-'")
+        if not affected:
+            raise ValueError(f"patch {name!r}: affected must name at least one distribution")
+        for dist, spec in affected.items():
+            if not isinstance(spec, str):
+                raise TypeError(f"patch {name!r}, distribution {dist!r}: the range must be a "
+                                f"PEP 440 string, got {spec!r}")
+        targets = tuple(targets)
+        for target in targets:
             if not isinstance(target, Target):
-                raise TypeError(f"patch {self.name!r}: targets must be Target, got {target!r}")
+                raise TypeError(f"patch {name!r}: targets must be Target, got {target!r}")
+        if isinstance(upstream_tests, str):
+            raise TypeError(f"patch {name!r}: upstream_tests must be a tuple of node ids, "
+                            f"got the string {upstream_tests!r}")
+        self._init(name=name, summary=summary, upstream=upstream, affected=dict(affected),
+                   targets=targets, fixed_in=fixed_in, notes=notes,
+                   upstream_tests=tuple(upstream_tests), differences=differences)
 
     @property
     def primary(self):
         """The distribution whose version selects target shapes: the first one in `affected`."""
         return next(iter(self.affected))
+
+    def validate(self):
+        """Parse every version range (imports packaging); raises ValueError naming the bad one."""
+        from .versions import parse_specifier
+
+        for dist, spec in self.affected.items():
+            parse_specifier(spec, owner=f"patch {self.name!r}, distribution {dist!r}")
+        for target in self.targets:
+            if target.versions is not None:
+                parse_specifier(target.versions, owner=f"patch {self.name!r}, target {target.path!r}")
+        return self

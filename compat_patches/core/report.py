@@ -1,9 +1,6 @@
 """Structured per-patch, per-process reports and their table / JSON renderings."""
 
-import json
 import os
-from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
 
 APPLIED = "applied"
 DEFERRED = "deferred"
@@ -16,38 +13,49 @@ FAILED = "failed"
 
 STATUSES = (APPLIED, DEFERRED, PENDING, NOT_NEEDED, NOT_INSTALLED, DISABLED, DRIFTED, FAILED)
 ACTIVE = (APPLIED, DEFERRED)
+FINDINGS = (FAILED, DRIFTED, NOT_NEEDED)  # what an attempt found; true until the next attempt
+
+_FIELDS = ("name", "status", "reason", "versions", "affected", "summary", "upstream", "fixed_in",
+           "targets", "pid")
 
 
-@dataclass(frozen=True)
 class PatchReport:
-    name: str
-    status: str
-    reason: str
-    versions: Mapping[str, Optional[str]]
-    affected: Mapping[str, str]
-    summary: str = ""
-    upstream: str = ""
-    fixed_in: Optional[str] = None
-    targets: Tuple[str, ...] = ()
-    pid: int = field(default_factory=os.getpid)
+    """What one patch did in one process (immutable)."""
+
+    __slots__ = _FIELDS
+
+    def __init__(self, name, status, reason, versions, affected, summary="", upstream="",
+                 fixed_in=None, targets=(), pid=None):
+        for field, value in zip(_FIELDS, (name, status, reason, dict(versions), dict(affected),
+                                          summary, upstream, fixed_in, tuple(targets),
+                                          os.getpid() if pid is None else pid)):
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"PatchReport is immutable (cannot set {name!r})")
+
+    def __eq__(self, other):
+        if not isinstance(other, PatchReport):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"PatchReport(name={self.name!r}, status={self.status!r}, reason={self.reason!r})"
+
+    def __reduce__(self):  # reports cross process boundaries (Ray, multiprocessing)
+        return PatchReport, tuple(getattr(self, field) for field in _FIELDS)
 
     @property
     def active(self):
         return self.status in ACTIVE
 
     def to_dict(self):
-        return {
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "versions": dict(self.versions),
-            "affected": dict(self.affected),
-            "summary": self.summary,
-            "upstream": self.upstream,
-            "fixed_in": self.fixed_in,
-            "targets": list(self.targets),
-            "pid": self.pid,
-        }
+        out = {field: getattr(self, field) for field in _FIELDS}
+        out["versions"], out["affected"] = dict(self.versions), dict(self.affected)
+        out["targets"] = list(self.targets)
+        return out
 
 
 class Report(tuple):
@@ -69,6 +77,8 @@ class Report(tuple):
         return tuple(entry.name for entry in self if entry.status in statuses)
 
     def to_json(self, **kwargs):
+        import json
+
         return json.dumps([entry.to_dict() for entry in self], **kwargs)
 
     def table(self):

@@ -27,7 +27,6 @@ experts of a packed tensor, raises ValueError naming the parameter.
 No heavy import at module level.
 """
 
-import re
 import sys
 
 from compat_patches.core import Patch, Target
@@ -56,6 +55,8 @@ def _exclusion(exclude_modules):
     if not exclude_modules:
         return None
     if isinstance(exclude_modules, str):
+        import re
+
         return re.compile(exclude_modules).fullmatch
     names = set(exclude_modules)
     suffixes = tuple(f".{n}" for n in names)
@@ -202,6 +203,8 @@ def convert_regex_peft_config(peft_config, model, conversion_module=None):
     False means: hand the call to PEFT's original converter (not LoRA, not a regex string, "all-linear",
     invalid regex, or a model family PEFT does not convert).
     """
+    import re
+
     if conversion_module is None:
         conversion_module = sys.modules.get(_CONVERSION_MODULE)
         if conversion_module is None:

@@ -45,11 +45,6 @@ A method that someone else already wrapped (another tool's wrapper underneath ou
 drift rather than silently bypassed.
 """
 
-import ast
-import functools
-import inspect
-import textwrap
-
 from compat_patches.core import Patch, Target
 
 #: The method body (docstring excluded) in every affected release, as ``ast.unparse`` prints it.
@@ -71,9 +66,21 @@ FIXED_BODY = BUGGY_BODY.replace("name, shard_id, expert_id, return_success",
 PARAMS = ("self", "name", "params_dict", "loaded_weight", "shard_id", "num_experts")
 
 
-@functools.lru_cache(maxsize=16)  # the fixed= and check= fingerprints read the same method
+_bodies = {}  # the fixed= and check= fingerprints read the same method: parse it once
+
+
 def method_body(function):
     """The body of `function` (docstring dropped) normalised by ``ast.unparse``, one statement a line."""
+    if function not in _bodies:
+        _bodies[function] = _parse_body(function)
+    return _bodies[function]
+
+
+def _parse_body(function):
+    import ast
+    import inspect
+    import textwrap
+
     source = textwrap.dedent(inspect.getsource(function))
     node = ast.parse(source).body[0]
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -55,19 +55,11 @@ method (``vllm_ascend._310p``) is not wrapped.
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import functools
-import inspect
-import logging
+import _thread
 import os
-import textwrap
-import threading
-import weakref
 
 from compat_patches.core import Patch, Target
-
-log = logging.getLogger(__name__)
+from compat_patches.core.log import DEBUG, WARNING, log
 
 ENV_VAR = "COMPAT_PATCHES_ASCEND_MOE_LAYOUT"
 MODES = ("processed", "preprocessed")
@@ -82,12 +74,19 @@ _LOADER_FLAG = "__compat_patches_ascend_moe_loader__"
 
 _ACL_FORMAT_ND = 2  # vllm_ascend.utils.ACL_FORMAT_FRACTAL_ND
 
-_lock = threading.RLock()
+_lock = _thread.RLock()
 _mode_stack = []
-# layer -> weakref(quant method): layers restored to the preprocessed layout, awaiting processing
-_pending = weakref.WeakKeyDictionary()
-# layer -> weakref(quant method) that processed it
-_methods = weakref.WeakKeyDictionary()
+_maps = []  # (pending, methods), made on first use: most processes never import weakref for us
+
+
+def _layer_maps():
+    """(pending, methods): layer -> weakref(quant method) of layers restored to the preprocessed
+    layout and awaiting processing, and of the method that processed each layer."""
+    if not _maps:
+        import weakref
+
+        _maps.extend((weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()))
+    return _maps
 
 
 # --------------------------------------------------------------------------------------- mode ---
@@ -110,37 +109,41 @@ def current_mode():
     return _validate_mode(value, f"${ENV_VAR}")
 
 
-@contextlib.contextmanager
-def layout_mode(mode):
+class layout_mode:  # noqa: N801 - used as a function: ``with layout_mode("preprocessed"):``
     """Select how reloads write MoE expert weights inside this block (process-wide).
 
     On exit from a ``"preprocessed"`` block every layer that was restored to the preprocessed layout
     and not processed yet is processed (exactly once)."""
-    _validate_mode(mode, "layout_mode()")
-    with _lock:
-        _mode_stack.append(mode)
-    try:
-        yield mode
-    finally:
+
+    def __init__(self, mode):
+        self.mode = _validate_mode(mode, "layout_mode()")
+
+    def __enter__(self):
+        with _lock:
+            _mode_stack.append(self.mode)
+        return self.mode
+
+    def __exit__(self, *exc_info):
         with _lock:
             _mode_stack.pop()
-        if mode == "preprocessed":
+        if self.mode == "preprocessed":
             finalize_pending()
+        return False
 
 
 def finalize_pending():
     """Run ``process_weights_after_loading`` once on every layer restored to the preprocessed layout
     by a ``preprocessed``-mode reload and not processed since. Returns the number of layers."""
     with _lock:
-        items = list(_pending.items())
+        items = list(_layer_maps()[0].items())
     done = 0
     for layer, method_ref in items:
         method = method_ref()
         if method is None or layer_layout(layer) != "preprocessed":
-            _pending.pop(layer, None)
+            _layer_maps()[0].pop(layer, None)
             continue
         method.process_weights_after_loading(layer)
-        _pending.pop(layer, None)
+        _layer_maps()[0].pop(layer, None)
         done += 1
     return done
 
@@ -187,7 +190,7 @@ def _restore_layer(layer, method_ref):
             param.data = _to_nd(param.data).transpose(1, 2).contiguous()
             setattr(param, LAYOUT_ATTR, "preprocessed")
         if method_ref is not None:
-            _pending[layer] = method_ref
+            _layer_maps()[0][layer] = method_ref
 
 
 def _processed_view_param(param):
@@ -224,6 +227,10 @@ def make_layout_aware_loader(layer, original):
 
     The wrapper keeps the original's signature (``functools.wraps``: vLLM binds loader arguments
     with ``inspect.signature``) and is recognised, so wrapping twice returns the same function."""
+    import functools
+    import inspect
+    import weakref
+
     original = _original_loader(original)
     signature = inspect.signature(original)
     layer_ref = weakref.ref(layer)
@@ -239,7 +246,7 @@ def make_layout_aware_loader(layer, original):
         if layer is None or getattr(param, LAYOUT_ATTR, None) != "processed":
             return original(*args, **kwargs)   # preprocessed layout: vLLM's loader is right
         if current_mode() == "preprocessed":
-            _restore_layer(layer, _methods.get(layer))
+            _restore_layer(layer, _layer_maps()[1].get(layer))
             return original(*args, **kwargs)
         bound.arguments["param"] = _processed_view_param(param)
         return original(*bound.args, **bound.kwargs)
@@ -263,9 +270,9 @@ def _process_wrapper(wrapped, instance, args, kwargs):
     with _lock:
         state = layer_layout(layer)
         if state == "processed":
-            log.debug("vllm-ascend-moe-layout: %s already in the processed layout; post-load "
+            log(DEBUG, "vllm-ascend-moe-layout: %s already in the processed layout; post-load "
                       "processing not re-run", type(layer).__name__)
-            _pending.pop(layer, None)
+            _layer_maps()[0].pop(layer, None)
             return None
         if state == "mixed":   # never transpose a processed tensor a second time
             _restore_layer(layer, None)
@@ -284,7 +291,7 @@ def _process_wrapper(wrapped, instance, args, kwargs):
         for name in PARAM_NAMES:
             param = getattr(layer, name, None)
             if param is None:   # deleted by the fused-MC2 EPLB / mega-MoE branch (0.23+)
-                log.warning("vllm-ascend-moe-layout: %s.%s was removed by the post-load step "
+                log(WARNING, "vllm-ascend-moe-layout: %s.%s was removed by the post-load step "
                             "(fused MC2 with dynamic EPLB / mega-MoE keeps %s_list instead); a "
                             "weight reload of this layer is not handled by this patch",
                             type(layer).__name__, name, name)
@@ -296,11 +303,13 @@ def _process_wrapper(wrapped, instance, args, kwargs):
             # 0.11-0.25: the Parameter was replaced and lost its loader: give it back (wrapped).
             param.weight_loader = make_layout_aware_loader(layer, original)
             setattr(param, LAYOUT_ATTR, "processed")
+        import weakref
+
         try:
-            _methods[layer] = weakref.ref(instance)
+            _layer_maps()[1][layer] = weakref.ref(instance)
         except TypeError:  # pragma: no cover - instance without weakref support
             pass
-        _pending.pop(layer, None)
+        _layer_maps()[0].pop(layer, None)
         return result
 
 
@@ -311,6 +320,8 @@ _FORMS = ("parameter", "data", "replace_parameter")
 
 def _is_transpose_12(node):
     """``<x>.transpose(1, 2).contiguous()``"""
+    import ast
+
     return (
         isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         and node.func.attr == "contiguous"
@@ -322,6 +333,8 @@ def _is_transpose_12(node):
 
 
 def _reads(node, name):
+    import ast
+
     return any(isinstance(n, ast.Attribute) and n.attr == name for n in ast.walk(node))
 
 
@@ -333,6 +346,9 @@ def classify_process_source(source):
     (``layer.X.data = ...``), ``"replace_parameter"`` (``replace_parameter(layer, "X", ...)``) or
     None when the transposition of X is not found. Used by the drift check and the contract tests.
     """
+    import ast
+    import textwrap
+
     tree = ast.parse(textwrap.dedent(source))
     transposed = {}   # local variable name -> parameter it transposes
     forms = {name: None for name in PARAM_NAMES}
@@ -374,6 +390,8 @@ def expect_form(form):
         raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
 
     def check(original):
+        import inspect
+
         try:
             source = inspect.getsource(original)
         except (OSError, TypeError) as exc:

@@ -1,0 +1,55 @@
+"""Our wrapt wrappers, pickled and copied as the functions they wrap are: by reference.
+
+wrapt's proxies refuse ``pickle`` / ``copy`` (``NotImplementedError: object proxy must define
+__reduce__()``), so a patched method would break Ray, multiprocessing and ``copy.deepcopy`` of any
+object holding a reference to it. A function pickles as its qualified name and a bound method as
+``getattr(owner, name)``; so do these, resolving in the loading process to whatever is installed
+there (patched or not), exactly as the original would.
+"""
+
+import copy
+
+import wrapt
+
+
+def _holder(bound):
+    """What a bound method is bound to (instance, or class for a classmethod), else None."""
+    return getattr(bound.__wrapped__, "__self__", None)
+
+
+class BoundPatchWrapper(wrapt.BoundFunctionWrapper):
+    def _reference(self):
+        holder = _holder(self)
+        # a plain function reached through its class (or a staticmethod): the class holds it
+        return (self._self_owner if holder is None else holder), self._self_parent._self_attribute
+
+    def __reduce_ex__(self, protocol):
+        return getattr, self._reference()
+
+    def __copy__(self):
+        return self if _holder(self) is None else getattr(*self._reference())
+
+    def __deepcopy__(self, memo):
+        holder, name = self._reference()
+        if _holder(self) is None:
+            return self  # functions are atomic for copy
+        return getattr(copy.deepcopy(holder, memo), name)
+
+
+class PatchWrapper(wrapt.FunctionWrapper):
+    """The wrapper installed on a target; `attribute` is the name it is installed under."""
+
+    __bound_function_wrapper__ = BoundPatchWrapper
+
+    def __init__(self, wrapped, wrapper, attribute):
+        super().__init__(wrapped, wrapper)
+        self._self_attribute = attribute
+
+    def __reduce_ex__(self, protocol):
+        return self.__wrapped__.__qualname__  # a global, resolved through the module
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
