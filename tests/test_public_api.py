@@ -27,6 +27,11 @@ def test_stable_names():
         assert compat_patches.get_patch(name).name == name
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_record_has_valid_ranges(name):
+    compat_patches.get_patch(name).validate()  # ranges are parsed lazily at run time
+
+
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(UnknownPatchError) as info:
         with compat_patches.patched("transformers-rope"):
@@ -62,13 +67,16 @@ def _modules_after(code):
 def test_import_and_apply_pull_in_only_our_own_modules(code):
     """Every process of a job pays for this (the launcher's sitecustomize): no logging, no
     importlib.metadata, no dataclasses, no wrapt; packaging only where a patched library is
-    installed (to compare its version). benchmarks/bench_import.py measures the time."""
+    installed (to compare its version), wrapt only where a patch is in range (to hook or wrap its
+    target). benchmarks/bench_import.py measures the time."""
     from compat_patches.core.versions import installed_version
 
     bare = _modules_after("pass")
     allowed = {"__future__"}
     if any(installed_version(dist) for name in NAMES for dist in compat_patches.get_patch(name).affected):
         allowed |= _modules_after("import packaging.version, packaging.specifiers") - bare
+    if any(compat_patches._default_manager().in_range(name) for name in NAMES):
+        allowed |= _modules_after("import wrapt") - bare  # a post-import hook to register
     extra = {m for m in _modules_after(code) - bare if not m.startswith("compat_patches")}
     assert extra <= allowed, sorted(extra - allowed)
 

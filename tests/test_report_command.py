@@ -1,0 +1,260 @@
+"""Input edges of ``python -m compat_patches``, each run in a fresh interpreter.
+
+- a configuration error (unknown name in COMPAT_PATCHES_ONLY / _DISABLE) is one clean line, status 2;
+- a reader that closes the pipe early ends the command quietly (status 141, nothing on stderr);
+- stdout carries only the report, whatever the imported libraries print, log or warn, at import or
+  at exit (transformers' "PyTorch was not found" banner, vLLM's log lines);
+- strict mode still prints the report, and exits 1 when a patch drifted;
+- ``--markdown`` prints the registry's table, ``--update FILE`` rewrites it in place.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import compat_patches
+from compat_patches.core.table import END, START, markdown_table
+from compat_patches.core.versions import in_range, installed_version
+from compat_patches.patches import ALL_PATCHES
+
+PROG = "python -m compat_patches"
+NAMES = compat_patches.patch_names()
+
+
+def base_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPAT_PATCHES_")}
+    env.update(extra)
+    return env
+
+
+def with_path(env, directory):
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
+    return env
+
+
+def run(*args, env=None, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "compat_patches", *args], capture_output=True,
+                          text=True, env=base_env() if env is None else env, timeout=timeout,
+                          **kwargs)
+
+
+def assert_clean_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{PROG}: error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# -- configuration errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [(), ("--json",), ("--lazy",)])
+@pytest.mark.parametrize("variable", ["COMPAT_PATCHES_ONLY", "COMPAT_PATCHES_DISABLE"])
+def test_unknown_name_in_environment_is_one_clean_line(variable, args):
+    proc = run(*args, env=base_env(**{variable: "rope"}))
+    assert_clean_error(proc, "'rope'", variable, *NAMES)
+
+
+def _setting_error(variable, value):
+    """The configuration error the core raises for this setting, or None if it accepts it."""
+    from compat_patches.core import env_strict
+
+    try:
+        compat_patches._default_manager().check_environment({variable: value})
+        if variable == "COMPAT_PATCHES_STRICT":
+            env_strict({variable: value})
+    except compat_patches.CompatPatchesError as exc:
+        return exc
+    except TypeError:  # a core whose env_strict() reads only os.environ
+        return None
+    return None
+
+
+@pytest.mark.parametrize("variable, value", [("COMPAT_PATCHES_STRICT", "maybe"),
+                                             ("COMPAT_PATCHES_ONLY", ",")])
+def test_bad_setting_is_one_clean_line(variable, value):
+    if _setting_error(variable, value) is None:
+        pytest.skip(f"this core accepts {variable}={value!r}")
+    proc = run("--json", env=base_env(**{variable: value}))
+    assert_clean_error(proc, variable)
+
+
+def test_known_names_in_environment_still_report():
+    proc = run("--json", "--lazy", env=base_env(COMPAT_PATCHES_ONLY=NAMES[0]))
+    assert proc.returncode == 0, proc.stderr
+    statuses = {e["name"]: e["status"] for e in json.loads(proc.stdout)}
+    assert set(statuses) == set(NAMES)
+    assert {statuses[n] for n in NAMES[1:]} == {"disabled"}
+
+
+# -- a reader that closes the pipe early ----------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("--lazy",), ("--json", "--lazy"), ("--markdown",)])
+def test_closed_pipe_exits_quietly(args):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte (`| head -0`, a closed socket)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "compat_patches", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=base_env(), timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
+
+
+# -- stdout carries only the report ---------------------------------------------------------------
+
+NOISY_MODULE = textwrap.dedent('''
+    """Prints, logs and warns the way ML libraries do on import and at exit."""
+    import atexit, logging, os, sys, warnings
+
+    print("NOISE: print at import")
+    os.write(1, b"NOISE: fd 1 at import\\n")
+    _log = logging.getLogger("noisy")
+    _log.setLevel(logging.INFO)
+    _log.propagate = False
+    _log.addHandler(logging.StreamHandler(sys.stdout))      # vLLM configures its logger so
+    _log.addHandler(logging.StreamHandler(sys.__stdout__))
+    _log.info("NOISE: log at import")
+    logging.getLogger().warning("NOISE: root log at import")
+    warnings.warn("NOISE: warning at import")
+
+    def _at_exit():
+        print("NOISE: print at exit")
+        _log.info("NOISE: log at exit")
+        os.write(1, b"NOISE: fd 1 at exit\\n")
+
+    atexit.register(_at_exit)
+''')
+
+
+@pytest.fixture
+def noisy_vllm(tmp_path):
+    """A fake vLLM 0.11.0 (in range of vllm-fused-expert-kwargs) whose target module is noisy and
+    lacks the target class, so the patch reports `drifted`."""
+    (tmp_path / "vllm-0.11.0.dist-info").mkdir()
+    (tmp_path / "vllm-0.11.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vllm\nVersion: 0.11.0\n")
+    models = tmp_path / "vllm" / "model_executor" / "models"
+    models.mkdir(parents=True)
+    for package in (tmp_path / "vllm", models.parent, models):
+        (package / "__init__.py").write_text("")
+    (models / "qwen3_vl_moe.py").write_text(NOISY_MODULE)
+    return tmp_path
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_import_noise_stays_off_stdout(noisy_vllm, json_output):
+    args = ["--json"] if json_output else []
+    proc = run(*args, env=with_path(base_env(), noisy_vllm))
+    assert proc.returncode == 0, proc.stderr
+    assert "NOISE" not in proc.stdout
+    for noise in ("print at import", "fd 1 at import", "log at import", "warning at import",
+                  "print at exit", "log at exit", "fd 1 at exit"):
+        assert f"NOISE: {noise}" in proc.stderr  # it happened, on stderr
+    if json_output:
+        statuses = {e["name"]: e["status"] for e in json.loads(proc.stdout)}
+    else:
+        lines = proc.stdout.splitlines()
+        assert lines[0].split() == ["patch", "library", "range", "status", "reason"]
+        statuses = {line.split()[0]: line for line in lines[2:] if not line.startswith("note:")}
+    assert set(statuses) == set(NAMES)
+    assert "drifted" in statuses["vllm-fused-expert-kwargs"]
+
+
+def test_strict_mode_prints_the_report_then_fails(noisy_vllm):
+    proc = run("--json", env=with_path(base_env(COMPAT_PATCHES_STRICT="1"), noisy_vllm))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    statuses = {e["name"]: e["status"] for e in json.loads(proc.stdout)}
+    assert statuses["vllm-fused-expert-kwargs"] == "drifted"
+    assert f"{PROG}: error: COMPAT_PATCHES_STRICT is on and vllm-fused-expert-kwargs" in proc.stderr
+
+
+def _transformers_without_torch():
+    return (installed_version("transformers") is not None
+            and importlib.util.find_spec("transformers") is not None
+            and importlib.util.find_spec("torch") is None)
+
+
+@pytest.mark.skipif(not _transformers_without_torch(),
+                    reason="needs transformers installed without torch (its 'PyTorch was not found' "
+                           "banner)")
+@pytest.mark.parametrize("json_output", [False, True])
+@pytest.mark.parametrize("extra_env", [{}, {"CI": "1"}], ids=["default", "CI=1"])
+def test_transformers_banner_stays_off_stdout(tmp_path, json_output, extra_env):
+    env = base_env(**extra_env)
+    rope = compat_patches.get_patch("transformers-rope-ignore-keys")
+    if not in_range(installed_version("transformers"), rope.affected["transformers"]):
+        # out of range, the command would not import transformers at all: let this interpreter
+        # see an affected release number so that the real modules are imported (and checked)
+        info = tmp_path / "transformers-5.9.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 5.9.0\n")
+        with_path(env, tmp_path)
+    proc = run(*(["--json"] if json_output else []), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "PyTorch was not found" in proc.stderr  # the banner was printed, on stderr
+    assert "PyTorch" not in proc.stdout
+    if json_output:
+        assert [e["name"] for e in json.loads(proc.stdout)] == list(NAMES)
+    else:
+        assert proc.stdout.splitlines()[0].split() == ["patch", "library", "range", "status",
+                                                       "reason"]
+
+
+# -- --markdown ----------------------------------------------------------------------------------
+
+def test_markdown_prints_the_registry_table():
+    proc = run("--markdown", env=base_env(COMPAT_PATCHES_DISABLE="1"))  # the environment is ignored
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == markdown_table(ALL_PATCHES) + "\n"
+    assert "status" not in proc.stdout.splitlines()[0]
+
+
+def test_markdown_update_rewrites_the_block_in_place(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{START}\n| stale |\n{END}\nafter\n")
+    proc = run("--markdown", "--update", str(readme))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert readme.read_text() == (f"# title\n\nbefore\n{START}\n{markdown_table(ALL_PATCHES)}\n"
+                                  f"{END}\nafter\n")
+    again = run("--markdown", "--update", str(readme))
+    assert again.returncode == 0 and "already up to date" in again.stderr
+
+
+@pytest.mark.parametrize("content", ["no markers here\n", f"{START}\n{START}\n{END}\n",
+                                     f"{END}\n{START}\n"])
+def test_markdown_update_refuses_a_file_without_one_block(tmp_path, content):
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    proc = run("--markdown", "--update", str(readme))
+    assert_clean_error(proc, "compat-table")
+    assert readme.read_text() == content
+
+
+def test_markdown_update_missing_file(tmp_path):
+    assert_clean_error(run("--markdown", "--update", str(tmp_path / "nope.md")), "nope.md")
+
+
+def test_update_needs_markdown():
+    proc = run("--update", "README.md")
+    assert proc.returncode == 2 and "--update needs --markdown" in proc.stderr
+
+
+def test_package_import_does_not_load_the_command_or_the_table():
+    code = ("import sys, compat_patches; "
+            "print(sorted(m for m in ('compat_patches.core.table', 'compat_patches.__main__', "
+            "'compat_patches.patches') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=base_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "[]"
