@@ -8,6 +8,7 @@ there (patched or not), exactly as the original would.
 """
 
 import copy
+import sys
 
 import wrapt
 
@@ -46,7 +47,17 @@ class PatchWrapper(wrapt.FunctionWrapper):
         self._self_attribute = attribute
 
     def __reduce_ex__(self, protocol):
-        return self.__wrapped__.__qualname__  # a global, resolved through the module
+        # As pickle saves a function: by its module and qualified name. Where that name now holds
+        # something else (the target re-binds a function defined in another module), reference
+        # what holds it; copy.copy(x) is x for functions and for us.
+        original = self.__wrapped__
+        try:
+            found = sys.modules[original.__module__]
+            for part in original.__qualname__.split("."):
+                found = getattr(found, part)
+        except (AttributeError, KeyError, TypeError):
+            return original.__qualname__  # pickle then fails as it would for the original
+        return original.__qualname__ if found is self else (copy.copy, (found,))
 
     def __copy__(self):
         return self

@@ -198,6 +198,28 @@ def test_patched_callables_pickle_by_reference(methods):
     assert pickle.loads(pickle.dumps(methods.Base().method))(2) == ("fake-fix", ("original", 2))
 
 
+REBINDING_SOURCE = '''
+from {defining} import function
+'''
+
+
+def test_a_function_patched_where_another_module_rebinds_it_pickles(tmp_path, monkeypatch):
+    """`from .meta import f` in another module, patched there (vLLM's reload/layerwise.py does
+    this): pickled as the original is, through its defining module."""
+    defining = import_module(tmp_path, monkeypatch, METHODS_SOURCE)
+    user = import_module(tmp_path, monkeypatch, REBINDING_SOURCE.format(defining=defining.__name__))
+    m = manager(make_patch(user.__name__, attribute="function"))
+    m.apply_all()
+    try:
+        assert pickle.loads(pickle.dumps(user.function)) is defining.function
+        both = manager(make_patch(defining.__name__, name="defining", attribute="function"))
+        both.apply_all()
+        assert pickle.loads(pickle.dumps(user.function)) is defining.function
+        both.revert_all()
+    finally:
+        m.revert_all()
+
+
 def test_patched_callables_copy_and_deepcopy(methods):
     base = methods.Base()
     shallow = copy.copy(base.method)
