@@ -159,3 +159,36 @@ def test_guard_fails_a_test_that_leaves_a_patch_applied(pytester, monkeypatch):
                                            f"--rootdir={pytester.path}")
     result.stdout.fnmatch_lines(["*Failed: test left patches applied: *fake-fix*"])
     result.assert_outcomes(passed=1, errors=1)
+
+
+@pytest.mark.parametrize("leak, message", [
+    # a wrapper of a record put on its target behind the manager's back (the manager is idle)
+    ("import wrapt\n"
+     "            patch = make_patch('leaky_target', attribute='function')\n"
+     "            m = manager(patch)\n"
+     "            wrapt.wrap_function_wrapper(mod, 'function', patch.targets[0].wrapper)",
+     "*Failed: test left wrappers of ours on: *leaky_target:function*"),
+    # a finding left in the default manager's report misleads every later test of that patch
+    ("import compat_patches\n"
+     "            state = compat_patches._default_manager()._states['transformers-rope-ignore-keys']\n"
+     "            state.last = compat_patches.report()['transformers-rope-ignore-keys'].__class__(\n"
+     "                'transformers-rope-ignore-keys', 'drifted', 'left by a test', {}, {})",
+     "*Failed: test changed the default manager's report: *-> drifted*"),
+])
+def test_guard_fails_a_test_that_leaves_a_wrapper_or_a_finding(pytester, monkeypatch, leak, message):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    pytester.makeconftest("from tests.conftest import _no_patch_left_applied\n")
+    pytester.makepyfile(test_leaky=f"""
+        from tests.core.fakes import make_patch, manager
+        import types, sys
+        mod = types.ModuleType("leaky_target")
+        exec("def function(a, b):\\n    return a + b", mod.__dict__)
+        sys.modules["leaky_target"] = mod
+
+        def test_leaks():
+            {leak}
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--rootdir={pytester.path}")
+    result.stdout.fnmatch_lines([message])
+    result.assert_outcomes(passed=1, errors=1)
