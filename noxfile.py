@@ -1,6 +1,6 @@
 """The version matrix: one session per set of library versions, all sharing one CPU torch.
 
-    nox -t quick            # what .ci/run runs (under 20 minutes on 2 cores)
+    nox -t quick            # what .ci/run runs (under 30 minutes on 2 cores)
     nox -t full             # every set, by hand
     nox -s "matrix(set='transformers-5.3.0')"
 
@@ -37,10 +37,15 @@ class VersionSet(NamedTuple):
 
 QUICK, FULL = ["quick", "full"], ["full"]
 COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
+UPSTREAM_RECORDS = "tests/test_upstream_records.py"  # every record's upstream_tests exist
 PEFT = ["tests/patches/peft", *COMMON]
-ROPE = ["tests/patches/transformers", *COMMON]
-FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", *COMMON]
-LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/test_distributed_sync.py", *COMMON]
+ROPE = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
+FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
+        UPSTREAM_RECORDS, *COMMON]
+LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", UPSTREAM_RECORDS,
+                 "tests/test_distributed_sync.py", *COMMON]
+# the report command with transformers but no torch (its banner must stay off stdout)
+REPORT_COMMAND = "tests/test_report_command.py"
 # What verl's modules import (its declared requirements pull wandb, tensorboard, full Ray, torchdata).
 VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", "tensordict==0.10.0",
                 "pyvers", "cloudpickle", "omegaconf", "peft", "accelerate", "datasets", "pandas",
@@ -57,8 +62,8 @@ VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.
 TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"
 
 
-def rope(version, tags):
-    return VersionSet([f"transformers=={version}"], False, tags, ROPE)
+def rope(version, tags, extra=()):
+    return VersionSet([f"transformers=={version}"], False, tags, [*ROPE, *extra])
 
 
 def verl(version, transformers, tags):
@@ -80,7 +85,7 @@ VERSION_SETS = {
     # transformers-rope-ignore-keys, measured on every 5.x release (README table)
     "transformers-5.2.0": rope("5.2.0", QUICK),   # keyword shape; `|` raises; real vLLM config fails
     "transformers-5.4.0": rope("5.4.0", QUICK),   # attribute shape; `-=` under the strict validator
-    "transformers-5.9.0": rope("5.9.0", QUICK),   # trigger B only; last affected release
+    "transformers-5.9.0": rope("5.9.0", QUICK, [REPORT_COMMAND]),  # trigger B only; last affected
     **{f"transformers-{v}": rope(v, FULL)
        for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.3.0", "5.5.0", "5.8.1", "5.10.1")},
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)

@@ -108,6 +108,21 @@ PATCH = Patch(
             versions="<=5.5.0.dev0",
         ),
     ),
+    upstream_tests=(
+        "tests/upstream/transformers/test_modeling_rope_utils.py::TestRope::"
+        "test_convert_rope_params_to_dict_with_list_ignore_keys",
+    ),
+    differences="Before 5.4 (5.0.0rc0 - 5.3.x) the ignore-keys are the keyword argument of "
+                "convert_rope_params_to_dict and no config stores them: the patch coerces that argument "
+                "and never creates or rewrites a config attribute, so the upstream regression test, which "
+                "asserts the 5.4+ attribute (a set holding 'partial_rotary_factor'), fails there with the "
+                "patch too. Writing that set would make every config with partial_rotary_factor fail "
+                "to_json_string() / save_pretrained() on those releases (they serialize the attribute; "
+                "5.4 and later leave it out of the JSON). From 5.4 the patch writes the set onto "
+                "the instance whenever it is not one, with or without partial_rotary_factor (upstream: "
+                "only with it), because 5.4's validation `-=` needs a set too; the class attribute is "
+                "never written. Beyond PR 46142 it also coerces _check_received_keys's `ignore_keys` up "
+                "to 5.4 (the `-=` fix of transformers PR 45069, released in 5.5.0).",
     notes="Model configs that override convert_rope_params_to_dict up to 5.3 (gemma3, gpt_neox, "
           "qwen2_vl, deepseek_v3, ...) hand the keys on to validate_rope and get the `-=` fix "
           "through _check_received_keys; Mistral4Config's own override in 5.4.0 "

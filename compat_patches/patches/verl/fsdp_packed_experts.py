@@ -90,6 +90,24 @@ PATCH = Patch(
             versions=">=0.7.1",
         ),
     ),
+    upstream_tests=(
+        "tests/upstream/verl/test_vllm_moe_param_converter_on_cpu.py::"
+        "test_qwen_moe_packed_weights_are_expanded_per_expert",
+        "tests/upstream/verl/test_vllm_moe_param_converter_on_cpu.py::"
+        "test_gpt_oss_packed_weights_are_not_expanded",
+    ),
+    differences=(
+        "Compared with verl 0.9's unfuse_moe_params: every expert tensor is a view of the packed "
+        "tensor (upstream: a .contiguous() copy; the values are equal bitwise); a packed name with a "
+        "trailing '.weight' is expanded too; a tensor under a packed name that is not rank 3, has an "
+        "odd 2I dimension or is still a DTensor raises ValueError/TypeError naming it (upstream passes "
+        "a non-3-D one through); for gpt_oss the whole stream passes through (upstream: its 3-D expert "
+        "tensors, the only GPT-OSS tensors with packed names). The wrapper expands whatever stream "
+        "get_per_tensor_param returns, so verl 0.7.1/0.8.0's merged-LoRA sync (lora.merge) is expanded "
+        "too, which verl 0.9 (_merged_lora_per_tensor_param) sends packed. In the LoRA adapter-only "
+        "sync upstream converts nothing; the wrapper still runs the expansion, which touches only "
+        "tensors named ...mlp.experts.gate_up_proj/down_proj (0.6.x's adapter dict is left untouched)."
+    ),
     notes=(
         "Helper without patching: compat_patches.moe.expand_packed_experts(named_tensors). "
         "Same bug, not patched here: trl 1.16.0 VLLMGeneration._iter_named_params streams packed "

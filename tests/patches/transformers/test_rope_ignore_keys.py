@@ -398,6 +398,44 @@ def test_wraps_only_this_releases_targets_and_reverts_exactly():
         assert getattr(transformers.PretrainedConfig, attr) is config_attrs[attr]
 
 
+@pytest.mark.requires(transformers=">=5.0.0rc0,<5.4.0.dev0")
+def test_keyword_releases_coerce_the_argument_and_leave_the_attribute_alone():
+    """Issue 13's first finding, measured on 5.2.0: before 5.4 no config stores
+    `ignore_keys_at_rope_validation` (PretrainedConfig.__init__ pops the keyword) and nothing reads an
+    attribute of that name. The patch coerces the keyword; it does not invent 5.4's attribute, which
+    upstream's regression test asserts (so that test fails here with the patch too: the record's
+    `differences`, tests/upstream's DIFFERS): these releases serialize the attribute, and a set makes
+    to_json_string() / save_pretrained() raise."""
+    import json
+
+    from transformers import LlamaConfig
+
+    keys_as_list = ["mrope_section", "mrope_interleaved"]
+    # issue 46121's JSON path: a config dict carrying the keys as a list, loaded with from_dict
+    cfg_dict = dict(LlamaConfig(partial_rotary_factor=0.25).to_dict(),
+                    ignore_keys_at_rope_validation=list(keys_as_list))
+    if in_range(_transformers_version(), "==5.2.*"):  # the only keyword release where it raises (`|`)
+        with pytest.raises(TypeError, match=r"unsupported operand type\(s\) for \|"):
+            LlamaConfig.from_dict(copy.deepcopy(cfg_dict))
+    with compat_patches.patched(NAME) as report:
+        assert report[NAME].status == "applied", report[NAME].reason
+        reloaded = LlamaConfig.from_dict(copy.deepcopy(cfg_dict))
+        assert reloaded.rope_parameters["partial_rotary_factor"] == 0.25
+        assert "ignore_keys_at_rope_validation" not in vars(reloaded)  # popped; the patch writes none
+        json.loads(reloaded.to_json_string())
+        # an attribute someone set is inert here: left the very same object, still serializable
+        config = LlamaConfig(partial_rotary_factor=0.25)
+        keys = list(keys_as_list)
+        config.ignore_keys_at_rope_validation = keys
+        config.convert_rope_params_to_dict(partial_rotary_factor=0.25)
+        assert config.ignore_keys_at_rope_validation is keys
+        assert json.loads(config.to_json_string())["ignore_keys_at_rope_validation"] == keys_as_list
+    # why the patch leaves it a list: on these releases a set attribute breaks serialization
+    config.ignore_keys_at_rope_validation = set(keys_as_list)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        config.to_json_string()
+
+
 @pytest.mark.requires(transformers=">=5.4.0.dev0,<=5.10.0.dev0")
 def test_config_subclass_definable_while_patched():
     """From 5.4 PreTrainedConfig is a strict dataclass: validate_* methods must keep (self)."""

@@ -1,0 +1,1 @@
+"""Tests copied from huggingface/transformers (see each file's header)."""

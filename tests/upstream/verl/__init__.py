@@ -1,0 +1,1 @@
+"""Tests copied from verl-project/verl (see each file's header)."""
