@@ -5,10 +5,11 @@ With transformers 5, a Qwen-style MoE layer holds ``mlp.experts.gate_up_proj`` `
 that rollout weight sync feeds to vLLM's ``load_weights``) streams these packed tensors under their
 packed names from 0.6.0 through 0.8.0, while vLLM's Qwen-MoE reload path expects the per-expert
 checkpoint keys ``mlp.experts.{e}.gate_proj.weight`` / ``up_proj.weight`` / ``down_proj.weight``.
-verl 0.9.0 fixed it (``unfuse_moe_params`` in ``verl/workers/engine/fsdp/utils.py``, applied in
-``get_per_tensor_param``; verl-project/verl PR 6896, backported to the release/v0.8.0 branch by PR
-6923 after 0.8.0 was published: a later 0.8.x build that carries it is reported "drifted" by the
-source check below instead of being wrapped). vLLM's own RLHF example (rlhf_ipc_fsdp_ep) un-fuses the
+verl 0.9.0 fixed it: verl-project/verl PR 6896 expanded the stream in the vLLM rollout adapter and
+PR 7161 moved that into the FSDP engine (``unfuse_moe_params`` in ``verl/workers/engine/fsdp/utils.py``,
+applied in ``get_per_tensor_param``). PR 6923 backported 6896 to the release/v0.8.0 branch after 0.8.0
+was published: a later 0.8.x build that carries it is reported "drifted" by the source check below
+instead of being wrapped. vLLM's own RLHF example (rlhf_ipc_fsdp_ep) un-fuses the
 same way before load_weights.
 
 The wrapper leaves verl's function untouched and wraps the generator it returns with
