@@ -157,3 +157,13 @@ def test_relative_links_point_at_files(path):
         if not (path.parent / target.split("#")[0]).exists():
             broken.append(target)
     assert not broken, f"{rel(path)}: links to missing files: {broken}"
+
+
+@pytest.mark.parametrize("record", [r for r in ALL_PATCHES if r.upstream_tests or r.differences],
+                         ids=lambda record: record.name)
+def test_page_names_the_upstream_tests_and_the_differences(record):
+    text = " ".join((PAGES / f"{record.name}.md").read_text(encoding="utf-8").split())
+    assert "## Faithful to the upstream fix" in text
+    for node_id in record.upstream_tests:
+        assert f"`{node_id}`" in text, f"{record.name}: page does not name {node_id}"
+    assert " ".join(record.differences.split()) in text, f"{record.name}: page lacks `differences`"
