@@ -19,7 +19,6 @@ pandas, pyarrow, ...), see the report of issue 5.
 """
 
 import inspect
-import tempfile
 import types
 
 import pytest
@@ -30,6 +29,8 @@ import compat_patches  # noqa: E402
 from compat_patches.core.versions import in_range  # noqa: E402
 from compat_patches.moe import expand_packed_experts, packed_expert_kind  # noqa: E402
 from compat_patches.patches.verl import fsdp_packed_experts as mod  # noqa: E402
+
+from ... import verl_engine  # noqa: E402
 
 NAME = "fsdp-packed-experts"
 E, I, H = 4, 6, 20
@@ -125,51 +126,11 @@ def test_source_check_reports_a_backported_fix_as_drift():
 
 # ------------------------------------------------------------------ the real verl engine
 
-def _cpu_platform_for_verl():
-    """verl >= 0.9 picks its device through a platform plugin and has no CPU one (without an
-    accelerator it falls back to 'nvidia'); install a CPU platform through verl's own
-    ``set_platform`` hook. verl < 0.9 falls back to CPU by itself. Returns an undo callable."""
-    try:
-        from verl.plugin.platform import platform_manager
-        from verl.plugin.platform.platform_base import PlatformBase
-    except ImportError:
-        return lambda: None
-    if torch.cuda.is_available():
-        return lambda: None
-    methods = {name: (lambda self, *a, **k: None) for name in PlatformBase.__abstractmethods__}
-    methods.update(
-        device_name=property(lambda self: "cpu"), vendor_name=property(lambda self: "cpu"),
-        device_module=property(lambda self: torch.cpu), is_available=lambda self: True,
-        current_device=lambda self: "cpu", device_count=lambda self: 1,
-        communication_backend_name=lambda self: "gloo",
-    )
-    previous = platform_manager._current_platform
-    platform_manager.set_platform(type("CPUPlatformForTests", (PlatformBase,), methods)())
-
-    def undo():
-        platform_manager._current_platform = previous
-
-    return undo
-
-
 @pytest.fixture(scope="module")
 def gloo_world_1():
-    import torch.distributed as dist
-
     pytest.importorskip("verl")
-    undo = _cpu_platform_for_verl()  # before verl's engine modules read the device name
-    try:
-        if dist.is_initialized():
-            yield
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            dist.init_process_group("gloo", store=dist.FileStore(f"{tmp}/store", 1), rank=0, world_size=1)
-            try:
-                yield
-            finally:
-                dist.destroy_process_group()
-    finally:
-        undo()
+    with verl_engine.gloo_world_1():
+        yield
 
 
 def _tiny_qwen3_moe():
@@ -190,28 +151,12 @@ def _tiny_qwen3_moe():
 
 def _real_engine():
     """verl's own FSDPEngine.__init__ + FSDPEngineConfig; the module sharded with FSDP2."""
-    from torch.distributed.fsdp import fully_shard
-    from verl.workers.config import FSDPEngineConfig
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
-
     model = _tiny_qwen3_moe()
     reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model_config = types.SimpleNamespace(
-        lora_rank=0, use_remove_padding=False, lora={}, hf_config=model.config,
-        trust_remote_code=False, get=lambda key, default=None: default,
-    )
-    engine = FSDPEngine(model_config, FSDPEngineConfig(strategy="fsdp2"), None, None)
-    for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
-    engine.module = model
-    return engine, model, reference
+    return verl_engine.fsdp_engine(model), model, reference
 
 
-def _stream(engine):
-    result = engine.get_per_tensor_param()
-    stream = result[0] if isinstance(result, tuple) else result
-    return list(stream)
+_stream = verl_engine.stream
 
 
 def _v4_checkpoint(model, reference):

@@ -1,4 +1,4 @@
-"""The `converter` of the copied verl test: our helper, or verl's real FSDP engine (see verl_engine)."""
+"""The `converter` of the copied verl test: our helper, or verl's real FSDP engine (see tests/verl_engine.py)."""
 
 import importlib.util
 
@@ -12,7 +12,7 @@ def verl_gloo_world():
     if importlib.util.find_spec("verl") is None or importlib.util.find_spec("torch") is None:
         yield False
         return
-    from .verl_engine import gloo_world_1
+    from ...verl_engine import gloo_world_1
 
     with gloo_world_1():
         yield True

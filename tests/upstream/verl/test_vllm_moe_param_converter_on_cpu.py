@@ -32,7 +32,7 @@
 #   * where it can, the test also exercises the engine: `test_qwen_moe_packed_weights_are_expanded_per_expert`
 #     is parametrized with converter "engine" (one added decorator and one added argument of
 #     `_collect`), which streams the same tensors through verl's REAL FSDPEngine.get_per_tensor_param
-#     (tests/upstream/verl/verl_engine.py). That variant is the regression test: on verl 0.6.0 - 0.8.x
+#     (tests/verl_engine.py). That variant is the regression test: on verl 0.6.0 - 0.8.x
 #     it fails without the patch (packed names) and passes with it; on verl >= 0.9.0 it passes with
 #     verl's own unfuse_moe_params (the patch: not-needed).
 #   * `test_gpt_oss_packed_weights_are_not_expanded` stays on the helper only: it asserts the very
@@ -52,7 +52,7 @@ PATCH = "fsdp-packed-experts"
 
 def _collect(weights, model_type, converter="helper"):
     if converter == "engine":
-        from .verl_engine import stream_through_fsdp_engine
+        from ...verl_engine import stream_through_fsdp_engine
 
         return stream_through_fsdp_engine(weights, model_type)
     return [item for item in expand_packed_experts(weights, model_type=model_type)]

@@ -1,4 +1,4 @@
-"""verl's REAL FSDP engine as the converter of the copied upstream test (ours, not upstream code).
+"""verl's REAL FSDP engine on CPU, for tests/patches/verl and the copied upstream test (ours).
 
 ``stream_through_fsdp_engine(weights, model_type)`` builds a tiny transformers-5 Qwen3-MoE whose
 packed expert parameters ARE the given tensors (same names, same values), wraps it in verl's own
@@ -92,15 +92,12 @@ def _tiny_qwen3_moe(weights):
     return model
 
 
-def stream_through_fsdp_engine(weights, model_type):
-    """The (name, tensor) pairs verl's FSDPEngine.get_per_tensor_param streams for `weights`."""
+def fsdp_engine(model):
+    """verl's own FSDPEngine.__init__ + FSDPEngineConfig around `model`, sharded with FSDP2."""
     from torch.distributed.fsdp import fully_shard
     from verl.workers.config import FSDPEngineConfig
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
 
-    weights = list(weights)
-    model = _tiny_qwen3_moe(weights)
-    assert model.config.model_type == model_type, (model.config.model_type, model_type)
     model_config = types.SimpleNamespace(
         lora_rank=0, use_remove_padding=False, lora={}, hf_config=model.config,
         trust_remote_code=False, get=lambda key, default=None: default,
@@ -110,8 +107,20 @@ def stream_through_fsdp_engine(weights, model_type):
         fully_shard(layer)
     fully_shard(model)
     engine.module = model
+    return engine
+
+
+def stream(engine):
+    """What get_per_tensor_param streams (verl >= 0.7 returns it with the peft config)."""
     result = engine.get_per_tensor_param()
-    stream = result[0] if isinstance(result, tuple) else result
+    return list(result[0] if isinstance(result, tuple) else result)
+
+
+def stream_through_fsdp_engine(weights, model_type):
+    """The (name, tensor) pairs verl's FSDPEngine.get_per_tensor_param streams for `weights`."""
+    weights = list(weights)
+    model = _tiny_qwen3_moe(weights)
+    assert model.config.model_type == model_type, (model.config.model_type, model_type)
     # what the engine streams for the given parameters: their names, packed or expanded
     prefixes = tuple(name.rsplit(".", 1)[0] + "." for name, _ in weights)
-    return [(name, tensor) for name, tensor in stream if name.startswith(prefixes)]
+    return [(name, tensor) for name, tensor in stream(fsdp_engine(model)) if name.startswith(prefixes)]
