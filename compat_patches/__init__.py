@@ -42,8 +42,8 @@ def _default_manager():
 def apply_all(*, only=None, exclude=None, strict=None) -> Report:
     """Apply every patch whose bug exists in this environment; returns the report.
 
-    `only` / `exclude` take a patch name or an iterable of names; `strict=True` (or COMPAT_PATCHES_STRICT=1) raises on drift
-    or failure instead of reporting it. Idempotent.
+    `only` / `exclude` take a patch name or an iterable of names; `strict=True` (or
+    COMPAT_PATCHES_STRICT=1) raises on drift or failure instead of reporting it. Idempotent.
     """
     return _default_manager().apply_all(only=only, exclude=exclude, strict=strict)
 

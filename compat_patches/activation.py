@@ -21,7 +21,7 @@ Imports only the standard library at import time.
 import _thread
 import os
 import sys
-import time
+from time import time as _now
 
 from .core.log import INFO, WARNING, log
 
@@ -82,9 +82,6 @@ class Activation:
             "report": ([entry.to_dict() for entry in self.report]
                        if self.report is not None else None),
         }
-
-
-_now = time.time
 
 
 def last():
