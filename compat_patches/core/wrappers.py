@@ -25,6 +25,9 @@ class BoundPatchWrapper(wrapt.BoundFunctionWrapper):
         return (self._self_owner if holder is None else holder), self._self_parent._self_attribute
 
     def __reduce_ex__(self, protocol):
+        qualname = getattr(self.__wrapped__, "__qualname__", "")
+        if _holder(self) is None and "<locals>" in qualname:
+            return qualname  # a local function reached through its class: unpicklable, as it is
         return getattr, self._reference()
 
     def __copy__(self):

@@ -361,3 +361,30 @@ def test_only_given_one_string_means_one_name(mod):
 def test_only_of_the_wrong_type_raises_type_error(mod, only):
     with pytest.raises(TypeError, match="only must"):
         manager(make_patch(mod.__name__)).apply_all(only=only)
+
+
+LOCAL_SOURCE = '''
+def _make():
+    def method(self, x):
+        return ("original", x)
+    return method
+
+
+class Base:
+    method = _make()  # a local function: pickle refuses it by name
+'''
+
+
+def test_an_unpicklable_original_stays_unpicklable(tmp_path, monkeypatch):
+    """huggingface_hub's strict __setattr__ is such a local function (transformers 5.4-5.5)."""
+    module = import_module(tmp_path, monkeypatch, LOCAL_SOURCE)
+    with pytest.raises((AttributeError, pickle.PicklingError)):
+        pickle.dumps(module.Base.method)
+    m = manager(make_patch(module.__name__))
+    m.apply_all()
+    try:
+        with pytest.raises((AttributeError, pickle.PicklingError)):
+            pickle.dumps(module.Base.method)
+        assert pickle.loads(pickle.dumps(module.Base().method))(1) == ("fake-fix", ("original", 1))
+    finally:
+        m.revert_all()
