@@ -39,7 +39,7 @@ QUICK, FULL = ["quick", "full"], ["full"]
 COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
 UPSTREAM_RECORDS = "tests/test_upstream_records.py"  # every record's upstream_tests exist
 PEFT = ["tests/patches/peft", *COMMON]
-ROPE = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
+TRANSFORMERS = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
         UPSTREAM_RECORDS, *COMMON]
 LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", UPSTREAM_RECORDS,
@@ -62,8 +62,11 @@ VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.
 TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"
 
 
-def rope(version, tags, extra=()):
-    return VersionSet([f"transformers=={version}"], False, tags, [*ROPE, *extra])
+def transformers(version, tags, torch=True, extra=()):
+    """Every transformers record's tests on one release. With torch (shared, cheap) unless the set
+    exists to prove something without it: a test that needs torch must not skip where its patch
+    is in range. Pillow: the VL processors' image path."""
+    return VersionSet([f"transformers=={version}", "pillow"], torch, tags, [*TRANSFORMERS, *extra])
 
 
 def verl(version, transformers, tags):
@@ -82,12 +85,18 @@ VERSION_SETS = {
     "wrapt-2.4.0": VersionSet(["wrapt==2.4.0"], False, QUICK, ["tests/core", *COMMON]),  # setup.cfg's floor
     # newest transformers: oracles of the tensor helpers, not-needed checks, vllm-ascend sources (ast)
     "transformers-5.24.0": VersionSet(["transformers==5.24.0"], True, QUICK, LIBRARY_TESTS),
-    # transformers-rope-ignore-keys, measured on every 5.x release (README table)
-    "transformers-5.2.0": rope("5.2.0", QUICK),   # keyword shape; `|` raises; real vLLM config fails
-    "transformers-5.4.0": rope("5.4.0", QUICK),   # attribute shape; `-=` under the strict validator
-    "transformers-5.9.0": rope("5.9.0", QUICK, [REPORT_COMMAND]),  # trigger B only; last affected
-    **{f"transformers-{v}": rope(v, FULL)
-       for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.3.0", "5.5.0", "5.8.1", "5.10.1")},
+    # transformers records, each range measured on every 5.x release (docs/patches/transformers-*):
+    # rope = rope-ignore-keys, tok = byte-level-tokenizer, init = missing-weights-init,
+    # vl = vl-processor-ragged-batch, gpt = gpt-oss-num-experts
+    "transformers-5.2.0": transformers("5.2.0", QUICK),  # rope keyword shape; gpt own __setattr__
+    "transformers-5.3.0": transformers("5.3.0", QUICK),  # vl (only affected release); tok first
+    "transformers-5.4.0": transformers("5.4.0", QUICK),  # rope attribute shape; gpt strict shape
+    "transformers-5.8.1": transformers("5.8.1", QUICK),  # init (with 5.8.0 the only affected)
+    # rope last affected, first fixed of init; no torch: the report command keeps its banner off stdout
+    "transformers-5.9.0": transformers("5.9.0", QUICK, torch=False, extra=[REPORT_COMMAND]),
+    **{f"transformers-{v}": transformers(v, FULL)
+       for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
+                 "5.10.1", "5.21.1", "5.22.0")},
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
     "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours

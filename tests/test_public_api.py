@@ -12,7 +12,9 @@ import compat_patches
 from compat_patches.core import STATUSES, UnknownPatchError
 
 NAMES = ("transformers-rope-ignore-keys", "peft-moe-regex-targets", "vllm-ascend-moe-layout",
-         "fsdp-packed-experts", "vllm-fused-expert-kwargs")
+         "fsdp-packed-experts", "vllm-fused-expert-kwargs", "transformers-byte-level-tokenizer",
+         "transformers-missing-weights-init", "transformers-vl-processor-ragged-batch",
+         "transformers-gpt-oss-num-experts")
 HEAVY = ("torch", "transformers", "peft", "vllm", "vllm_ascend", "verl", "numpy")
 
 
