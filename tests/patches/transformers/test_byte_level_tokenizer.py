@@ -22,8 +22,10 @@ return: ``TokenizersBackend`` with the file's own pipeline, ids equal to the raw
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -171,6 +173,31 @@ def test_wrapper_passes_through_everything_else():
 
 # ----- the real releases -----------------------------------------------------------------------
 
+@pytest.fixture
+def neutral_dir():
+    """An empty folder whose path names no model type. Up to 5.1.0, AutoConfig guesses the model type
+    of a folder without config.json from its path (`"mt5" in "/tmp/tmp5mt5_29r"` -> MT5Config), which
+    changes AutoTokenizer's choice: random temporary names (and pytest's, which carry the test name:
+    `..._llama_...`) would make the tokenizer-only scenarios flaky."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    root = pathlib.Path(tempfile.gettempdir())
+    number = os.getpid() * 1000
+    while True:  # digits only: no model type is made of digits
+        path = root / f"{number}"
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            number += 1
+    try:
+        named = [model_type for model_type in CONFIG_MAPPING.keys() if model_type in str(path)]
+        assert not named, f"the temporary folder {path} names model types {named}: set TMPDIR elsewhere"
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _version():
     return installed_version("transformers")
 
@@ -252,10 +279,10 @@ def _assert_faithful_to_file(tok, folder, keys=None, pipeline=True):
 @pytest.mark.parametrize("label", LABELS)
 @pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("model_type", CONFIGS, ids=lambda m: f"config={m}")
-def test_byte_level_file_on_affected_release(model_type, style, label, keys, tmp_path):
+def test_byte_level_file_on_affected_release(model_type, style, label, keys, neutral_dir):
     from transformers import TokenizersBackend
 
-    folder = write_folder(tmp_path / "tok", style=style, label=label, keys=KEYS[keys], model_type=model_type)
+    folder = write_folder(neutral_dir, style=style, label=label, keys=KEYS[keys], model_type=model_type)
 
     # 1. without the patch: the measured row
     assert compat_patches.report()[NAME].status in ("pending", "deferred")
@@ -291,8 +318,8 @@ def test_byte_level_file_on_affected_release(model_type, style, label, keys, tmp
 
 
 @pytest.mark.requires(transformers=AFFECTED)
-def test_apply_all(tmp_path):
-    folder = write_folder(tmp_path / "tok", style="llama3", model_type=None)
+def test_apply_all(neutral_dir):
+    folder = write_folder(neutral_dir, style="plain", model_type=None)
     try:
         report = compat_patches.apply_all()
         assert report[NAME].status in ("applied", "deferred"), report[NAME].reason
@@ -306,9 +333,9 @@ def test_apply_all(tmp_path):
 @pytest.mark.requires(transformers=">=5.0.0rc0")
 @pytest.mark.parametrize("model_type", CONFIGS, ids=lambda m: f"config={m}")
 @pytest.mark.parametrize("label", LABELS)
-def test_sentencepiece_llama_tokenizer_untouched(model_type, label, tmp_path):
+def test_sentencepiece_llama_tokenizer_untouched(model_type, label, neutral_dir):
     """A real Metaspace Llama tokenizer: bitwise the same ids and pipeline with and without the patch."""
-    folder = write_folder(tmp_path / "tok", style="metaspace", label=label, model_type=model_type)
+    folder = write_folder(neutral_dir, style="metaspace", label=label, model_type=model_type)
     unpatched = _load(folder)
     assert type(unpatched.backend_tokenizer.pre_tokenizer).__name__ == "Metaspace"
     assert unpatched.decode(unpatched.encode("How are you", add_special_tokens=False)) == "How are you"
@@ -319,12 +346,12 @@ def test_sentencepiece_llama_tokenizer_untouched(model_type, label, tmp_path):
 
 
 @pytest.mark.requires(transformers=AFFECTED)
-def test_direct_llama_tokenizer_calls_untouched(tmp_path):
+def test_direct_llama_tokenizer_calls_untouched(neutral_dir):
     """Only AutoTokenizer is re-routed, as upstream: an explicit LlamaTokenizerFast.from_pretrained
     stays what transformers makes (Metaspace; still so on 5.24.0)."""
     from transformers import LlamaTokenizerFast
 
-    folder = write_folder(tmp_path / "tok", style="llama3")
+    folder = write_folder(neutral_dir, style="llama3")
     unpatched = LlamaTokenizerFast.from_pretrained(folder)
     with compat_patches.patched(NAME):
         patched = LlamaTokenizerFast.from_pretrained(folder)
@@ -368,10 +395,10 @@ def test_build_carrying_the_fix_is_not_needed():
 @pytest.mark.requires(transformers=">5.22.0.dev0")
 @pytest.mark.parametrize("model_type", CONFIGS, ids=lambda m: f"config={m}")
 @pytest.mark.parametrize("style", STYLES)
-def test_fixed_release_not_needed_and_untouched(model_type, style, tmp_path):
+def test_fixed_release_not_needed_and_untouched(model_type, style, neutral_dir):
     from transformers import LlamaTokenizer, TokenizersBackend
 
-    folder = write_folder(tmp_path / "tok", style=style, model_type=model_type)
+    folder = write_folder(neutral_dir, style=style, model_type=model_type)
     with compat_patches.patched(NAME) as report:
         assert report[NAME].status == "not-needed"
         assert "from_pretrained" not in LlamaTokenizer.__dict__
@@ -381,12 +408,10 @@ def test_fixed_release_not_needed_and_untouched(model_type, style, tmp_path):
 
 
 DEFERRED_CHILD = r'''
-import json, sys, tempfile, pathlib
-sys.path.insert(0, sys.argv[1])
+import json, sys
 import compat_patches
-from test_byte_level_tokenizer import write_folder
 NAME = "transformers-byte-level-tokenizer"
-folder = write_folder(pathlib.Path(tempfile.mkdtemp()) / "tok", style="plain", model_type=None)
+folder = sys.argv[1]  # a byte-level tokenizer.json + tokenizer_config.json, no config.json
 assert "transformers.models.llama.tokenization_llama" not in sys.modules
 out = {}
 with compat_patches.patched(NAME) as report:
@@ -403,9 +428,10 @@ print(json.dumps(out))
 
 
 @pytest.mark.requires(transformers=AFFECTED)
-def test_deferred_until_the_llama_tokenizer_is_imported():
+def test_deferred_until_the_llama_tokenizer_is_imported(neutral_dir):
     """`with patched(...)` before transformers (or its Llama tokenizer module) is imported."""
-    proc = subprocess.run([sys.executable, "-c", DEFERRED_CHILD, os.path.dirname(__file__)],
+    folder = write_folder(neutral_dir, style="plain", model_type=None)
+    proc = subprocess.run([sys.executable, "-c", DEFERRED_CHILD, folder],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
