@@ -31,13 +31,14 @@ def _index(project):
 
 
 def artifact_dir(project, version, kind, members, wheel_tag="cp311-cp311-manylinux"):
-    """Download one wheel/sdist (sha256-checked), keep only `members`, cache them; skip if offline."""
+    """Download one wheel/sdist (sha256-checked), keep only `members` (None: a whole wheel, e.g. a
+    pure-Python release to put on a child's PYTHONPATH), cache them; skip if offline."""
     dest = CACHE / project / version
     done = dest / ".members.json"  # the members asked for so far (some may not exist in a release)
     asked = set(json.loads(done.read_text())) if done.exists() else set()
-    if asked >= set(members):
+    if "*" in asked or (members is not None and asked >= set(members)):
         return dest
-    members = tuple(asked | set(members))
+    members = ("*",) if members is None else tuple(asked | set(members))
     if _OFFLINE:   # one failed attempt is enough: do not wait on the network for every test
         pytest.skip(_OFFLINE[0])
     norm = project.replace("-", "_")
@@ -45,7 +46,7 @@ def artifact_dir(project, version, kind, members, wheel_tag="cp311-cp311-manylin
         files = _index(project)["files"]
         if kind == "wheel":
             wanted = [f for f in files if f["filename"].startswith(f"{norm}-{version}-{wheel_tag}")
-                      and f["filename"].endswith("x86_64.whl")]
+                      and f["filename"].endswith(("x86_64.whl", "-any.whl"))]
         else:
             wanted = [f for f in files if f["filename"] == f"{norm}-{version}.tar.gz"]
         if not wanted:
@@ -66,6 +67,8 @@ def artifact_dir(project, version, kind, members, wheel_tag="cp311-cp311-manylin
         pytest.fail(f"{archive.name}: sha256 mismatch")
     if kind == "wheel":
         with zipfile.ZipFile(archive) as zf:
+            if members == ("*",):
+                zf.extractall(dest)
             for member in members:
                 if member in zf.namelist():
                     (dest / member).parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ patch on every release from 5.2.0 to 5.4.0 (there is no rc in between): 5.2.0 re
 mm_token_type_ids, 5.3.0 raises `ValueError: ... inhomogeneous shape ...`, 5.4.0 builds them row by
 row (transformers PR 44563).
 
-The reference is the first fixed release itself: transformers 5.4.0 is installed (pip --no-deps
---target, once, into the artifact cache of tests/artifacts.py) and run in a child interpreter on the
+The reference is the first fixed release itself: transformers 5.4.0's wheel is unpacked (once,
+sha256-checked, into the artifact cache of tests/artifacts.py) and run in a child interpreter on the
 very same processor files, and its output is compared with the patched 5.3.0 output field by field
 (key order, types, dtypes, shapes, values, bytes). Where the download is impossible (offline) those
 tests skip; the rest still run.
@@ -375,26 +375,11 @@ def processor_files(tmp_path_factory):
 
 
 def _reference_site():
-    """transformers 5.4.0 alone (no dependencies: this venv's are used), installed once."""
-    from ...artifacts import CACHE
+    """transformers 5.4.0's wheel, sha256-checked and unpacked once (tests/artifacts.py); the child
+    puts it first on its path and uses this venv's dependencies."""
+    from ...artifacts import artifact_dir
 
-    site = CACHE / "transformers" / REFERENCE_VERSION / "site"
-    if (site / ".complete").exists():
-        return site
-    staging = site.with_name(f"site.{os.getpid()}")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                           "--disable-pip-version-check", "--target", str(staging),
-                           f"transformers=={REFERENCE_VERSION}"],
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot install transformers {REFERENCE_VERSION} for the reference (offline?): "
-                    f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    (staging / ".complete").write_text(REFERENCE_VERSION)
-    try:
-        staging.rename(site)
-    except OSError:  # another run finished first
-        pass
-    return site
+    return artifact_dir("transformers", REFERENCE_VERSION, "wheel", None, wheel_tag="py3-none-any")
 
 
 @pytest.fixture(scope="module")
