@@ -13,7 +13,7 @@ from .contract import ORDERINGS, check_ordering, ordering_id, run_ordering
 
 @functools.lru_cache(maxsize=None)
 def _children(name):
-    """Every ordering's fresh interpreter for `name`, started together (one per core): each child
+    """Every ordering's fresh process for `name`, started together (one per core): each child
     mostly waits on imports, and a set runs 14 of them per patch in range."""
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
     futures = {ordering: pool.submit(run_ordering, name, ordering) for ordering in ORDERINGS}

@@ -14,3 +14,12 @@ PATCH = Patch(name="fake-contract", summary="s", upstream="u", affected={"fakeli
 
 def make_manager():
     return PatchManager([PATCH], version_of={"fakelib": "1.0rc1"}.get)
+
+
+# A record whose target the fork server has already imported (contract_child imports traceback).
+PRELOADED = Patch(name="fake-preloaded", summary="s", upstream="u", affected={"fakelib": "<2"},
+                  targets=(Target("traceback:format_exc", _wrapper),))
+
+
+def make_preloaded_manager():
+    return PatchManager([PRELOADED], version_of={"fakelib": "1.0"}.get)

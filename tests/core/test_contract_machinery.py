@@ -36,3 +36,15 @@ def test_the_contract_catches_a_double_wrap(fake_path):
     result["states"][1]["targets"]["fake_contract_target:function"]["ours"] = 2  # what a bug looks like
     with pytest.raises(AssertionError):
         check_ordering(result, ordering)
+
+
+def test_a_target_imported_before_the_first_step_fails_the_ordering(fake_path):
+    with pytest.raises(AssertionError, match=r"target modules imported before the first step: \['traceback'\]"):
+        run_ordering("fake-preloaded", ("apply", "import", "revert"), "fake_records:make_preloaded_manager",
+                     fake_path)
+
+
+def test_the_child_sees_this_process_environment(fake_path, monkeypatch):
+    monkeypatch.setenv("COMPAT_PATCHES_DISABLE", "fake-contract")
+    result = run_ordering("fake-contract", ("import", "apply"), "fake_records:make_manager", fake_path)
+    assert result == {"skip": "fake-contract is disabled here: listed in COMPAT_PATCHES_DISABLE"}
