@@ -38,7 +38,9 @@ class VersionSet(NamedTuple):
 QUICK, FULL = ["quick", "full"], ["full"]
 COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
 UPSTREAM_RECORDS = "tests/test_upstream_records.py"  # every record's upstream_tests exist
-PEFT = ["tests/patches/peft", *COMMON]
+PEFT = ["tests/patches/peft", "tests/upstream/peft", *COMMON]
+# peft 0.16-0.17 cannot import under transformers 5 without the patch: PEFT's own tests cannot be collected
+PEFT_IMPORT = ["tests/patches/peft", *COMMON]
 TRANSFORMERS = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
         UPSTREAM_RECORDS, *COMMON]
@@ -65,8 +67,10 @@ TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"
 def transformers(version, tags, torch=True, extra=()):
     """Every transformers record's tests on one release. With torch (shared, cheap) unless the set
     exists to prove something without it: a test that needs torch must not skip where its patch
-    is in range. Pillow: the VL processors' image path."""
-    return VersionSet([f"transformers=={version}", "pillow"], torch, tags, [*TRANSFORMERS, *extra])
+    is in range. Pillow: the VL processors' image path; accelerate: Trainer (gradient-accumulation
+    records)."""
+    return VersionSet([f"transformers=={version}", "pillow", *(["accelerate"] if torch else [])], torch, tags,
+                      [*TRANSFORMERS, *extra])
 
 
 def verl(version, transformers, tags):
@@ -84,7 +88,7 @@ VERSION_SETS = {
     "core": VersionSet([], False, QUICK),
     "wrapt-2.4.0": VersionSet(["wrapt==2.4.0"], False, QUICK, ["tests/core", *COMMON]),  # setup.cfg's floor
     # newest transformers: oracles of the tensor helpers, not-needed checks, vllm-ascend sources (ast)
-    "transformers-5.24.0": VersionSet(["transformers==5.24.0"], True, QUICK, LIBRARY_TESTS),
+    "transformers-5.24.0": VersionSet(["transformers==5.24.0", "accelerate"], True, QUICK, LIBRARY_TESTS),
     # transformers records, each range measured on every 5.x release (docs/patches/transformers-*):
     # rope = rope-ignore-keys, tok = byte-level-tokenizer, init = missing-weights-init,
     # vl = vl-processor-ragged-batch, gpt = gpt-oss-num-experts
@@ -95,8 +99,8 @@ VERSION_SETS = {
     # rope last affected, first fixed of init; no torch: the report command keeps its banner off stdout
     "transformers-5.9.0": transformers("5.9.0", QUICK, torch=False, extra=[REPORT_COMMAND]),
     **{f"transformers-{v}": transformers(v, FULL)
-       for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
-                 "5.10.1", "5.21.1", "5.22.0")},
+       for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
+                 "5.10.0", "5.10.1", "5.21.1", "5.22.0")},
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
     "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours
@@ -106,12 +110,19 @@ VERSION_SETS = {
     **{f"vllm-{v}": vllm(v) for v in VLLM_RELEASES},
     "distributed": VersionSet(["ray==2.60.0"], True, QUICK, [  # Ray workers, torchrun, launcher
         "tests/test_ray.py", "tests/test_torchrun.py", "tests/test_launcher.py"]),
-    # peft-moe-regex-targets: 0.18 has no conversion; 0.19 and 0.20-0.21.2 are wrong in two ways
+    # peft-hybrid-cache-import: 0.16.0-0.17.1 need the alias from transformers 5.0.0rc3 on
+    "peft-0.17.1": VersionSet(["peft==0.17.1", "transformers==5.24.0"], True, QUICK, PEFT_IMPORT),
+    "peft-0.17.0": VersionSet(["peft==0.17.0", "transformers==5.0.0rc3"], True, FULL, PEFT_IMPORT),
+    "peft-0.16.0": VersionSet(["peft==0.16.0", "transformers==5.0.0"], True, FULL, PEFT_IMPORT),
+    "peft-0.17.1-transformers-4.57.6": VersionSet(["peft==0.17.1", "transformers==4.57.6"], True, FULL,
+                                                  PEFT_IMPORT),
+    # peft-moe-regex-targets, peft-shared-expert-targets: 0.18 has no conversion; 0.19.0-0.21.2 are wrong
     "peft-0.18.1": VersionSet(["peft==0.18.1", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.19.0": VersionSet(["peft==0.19.0", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.19.1": VersionSet(["peft==0.19.1", "transformers==5.17.0"], True, QUICK, PEFT),
     "peft-0.20.0": VersionSet(["peft==0.20.0", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.21.0": VersionSet(["peft==0.21.0", "transformers==5.17.0"], True, FULL, PEFT),
+    "peft-0.21.1": VersionSet(["peft==0.21.1", "transformers==5.24.0"], True, FULL, PEFT),
     "peft-0.21.2": VersionSet(["peft==0.21.2", "transformers==5.24.0"], True, QUICK, PEFT),
 }
 

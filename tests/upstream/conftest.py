@@ -17,6 +17,11 @@ fails the run, and so does a failure of another kind than the module's ``UNPATCH
 releases) they must pass. Unmarked tests (the "cases around" the regression test) must pass in both
 modes everywhere.
 
+Where a module's marked tests check an upstream fix that was released before the record's bug was fixed
+(the record's range goes on for what upstream left wrong), ``UPSTREAM_HAS_FIX = {"<distribution>":
+"<specifier>"}`` names the releases that carry it: there the marked tests must pass in ``[unpatched]``
+mode too.
+
 Where the patch deliberately differs from the upstream fix, the module says on which releases with
 ``DIFFERS = {"<distribution>": "<specifier>"}``; there the marked tests fail in ``[patched]`` mode too,
 strictly (``xfail(strict=True)``, the record's ``differences`` as the reason, which must not be
@@ -101,6 +106,13 @@ def upstream_mode(request):
             assert status == "applied", f"{record.name} was {status} at the end of the test"
 
 
+def upstream_has_fix_here(module):
+    """Whether the installed releases are inside the module's UPSTREAM_HAS_FIX (all of them)."""
+    has_fix = getattr(module, "UPSTREAM_HAS_FIX", None) or {}
+    return bool(has_fix) and all(in_range(installed_version(d), s) if installed_version(d) else False
+                                 for d, s in has_fix.items())
+
+
 def differs_here(module):
     """The installed releases that the module's DIFFERS names, as text, or None."""
     differs = getattr(module, "DIFFERS", None) or {}
@@ -133,7 +145,7 @@ def pytest_collection_modifyitems(config, items):
                     reason=f"{record.name} differs from the upstream fix on {where}: "
                            f"{record.differences.split('. ')[0]} (the record's `differences`)",
                 ))
-        elif why_not is None:
+        elif why_not is None and not upstream_has_fix_here(item.module):
             raises = getattr(item.module, "UNPATCHED_RAISES", (AssertionError,))
             item.add_marker(pytest.mark.xfail(
                 strict=True, raises=raises,

@@ -47,6 +47,10 @@ Apply the patch before the engine is created (``apply_all()`` / the vLLM plugin)
 before it was applied keep the unpatched behaviour. Parameters processed while it was applied keep
 their layout-aware loader after a revert (it remains correct for the layout they are in).
 
+The processed-layout protocol (mark the kernel-layout Parameters after post-load processing, write
+shards into that layout, do not re-process a processed layer) is shared with
+``vllm-flashinfer-moe-layout`` (FlashInfer CUTLASS ``[w3; w1]``): :mod:`compat_patches.moe.processed_layout`.
+
 Not covered (reported, not silently fixed): the fused-MC2 + dynamic-EPLB / mega-MoE branch deletes
 ``w13_weight``/``w2_weight`` (nothing left to reload into); NZ-format (FRACTAL_NZ) weights in
 ``processed`` mode raise a clear error (use ``preprocessed``, which re-runs the NZ cast); the 310P
@@ -150,14 +154,9 @@ def finalize_pending():
 
 def layer_layout(layer):
     """``"processed"``, ``"preprocessed"``, ``"mixed"`` or ``None`` (not managed by this patch)."""
-    states = set()
-    for name in PARAM_NAMES:
-        param = getattr(layer, name, None)
-        if param is not None:
-            states.add(getattr(param, LAYOUT_ATTR, None))
-    if not states or states == {None}:
-        return None
-    return states.pop() if len(states) == 1 else "mixed"
+    from compat_patches.moe.processed_layout import layer_state
+
+    return layer_state(layer, PARAM_NAMES, LAYOUT_ATTR)
 
 
 # ------------------------------------------------------------------------------ tensor helpers ---
@@ -188,7 +187,7 @@ def _restore_layer(layer, method_ref):
             if param is None or getattr(param, LAYOUT_ATTR, None) != "processed":
                 continue
             param.data = _to_nd(param.data).transpose(1, 2).contiguous()
-            setattr(param, LAYOUT_ATTR, "preprocessed")
+            _mark(param, "preprocessed")
         if method_ref is not None:
             _layer_maps()[0][layer] = method_ref
 
@@ -216,10 +215,16 @@ def _processed_view_param(param):
 
 # ----------------------------------------------------------------------------- weight loader ---
 
+def _mark(param, layout):
+    from compat_patches.moe.processed_layout import mark
+
+    mark(param, LAYOUT_ATTR, layout)
+
+
 def _original_loader(loader):
-    while getattr(loader, _LOADER_FLAG, False):
-        loader = loader.__wrapped__
-    return loader
+    from compat_patches.moe.processed_layout import original_loader
+
+    return original_loader(loader, _LOADER_FLAG)
 
 
 def make_layout_aware_loader(layer, original):
@@ -231,15 +236,16 @@ def make_layout_aware_loader(layer, original):
     import inspect
     import weakref
 
+    from compat_patches.moe.processed_layout import bind_loader_call
+
     original = _original_loader(original)
     signature = inspect.signature(original)
     layer_ref = weakref.ref(layer)
 
     @functools.wraps(original)
     def weight_loader(*args, **kwargs):
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError:
+        bound = bind_loader_call(signature, args, kwargs)
+        if bound is None:
             return original(*args, **kwargs)
         param = bound.arguments.get("param")
         layer = layer_ref()
@@ -302,7 +308,7 @@ def _process_wrapper(wrapped, instance, args, kwargs):
                 continue
             # 0.11-0.25: the Parameter was replaced and lost its loader: give it back (wrapped).
             param.weight_loader = make_layout_aware_loader(layer, original)
-            setattr(param, LAYOUT_ATTR, "processed")
+            _mark(param, "processed")
         import weakref
 
         try:

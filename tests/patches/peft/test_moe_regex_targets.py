@@ -227,6 +227,9 @@ def test_half_of_a_fused_pair_is_a_clear_error(kind):
         outcome, *_ = _run(kind, regex)
     assert outcome[0] == "raised" and outcome[1] == "ValueError", outcome
     assert "model.layers.0.mlp.experts.gate_up_proj" in outcome[2]
+    # PEFT's own wording first (PEFT's tests match it), ours after it
+    assert outcome[2].startswith(f"Cannot convert PEFT target(s) {gate} without also targeting ")
+    assert outcome[2].index("because they are fused into gate_up_proj.") < outcome[2].index(NAME)
 
 
 @pytest.mark.requires(**AFFECTED)
@@ -355,3 +358,93 @@ def test_shared_expert_linears_stay_modules_and_routed_experts_become_parameters
     with compat_patches.patched(NAME):
         outcome, *_ = _run(kind, regex)
     assert outcome == expected
+
+
+# ---- representation (issue 16, item 3) and warnings (item 4) ------------------------------------------------
+
+@pytest.mark.requires(peft=">=0.20.0.dev0", transformers=">=5.0.0rc0")
+@pytest.mark.parametrize("regex", [r".*\.(q_proj|k_proj|v_proj|gate_proj|up_proj|down_proj)", r".*\.q_proj",
+                                   r"^(model(?=\.).*\.(q_proj|k_proj|v_proj|gate_proj|up_proj|down_proj))$"])
+def test_where_the_regex_covers_every_layer_the_config_is_peft_own(regex):
+    plain = _run("qwen3_moe", regex)
+    with compat_patches.patched(NAME):
+        patched = _run("qwen3_moe", regex)
+    assert patched[0] == plain[0] == _plain_expected("qwen3_moe", regex)
+    assert _config_view(patched[3]) == _config_view(plain[3])
+    assert isinstance(patched[3].target_modules, set) and "." not in "".join(patched[3].target_modules)
+
+
+@pytest.mark.requires(**AFFECTED)
+def test_a_layer_scoped_regex_is_written_as_full_names():
+    regex = _regexes("qwen3_moe")["layers01"]
+    with compat_patches.patched(NAME):
+        outcome, _, _, config = _run("qwen3_moe", regex)
+    assert outcome == _plain_expected("qwen3_moe", regex)
+    assert config.target_modules == {f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in "qkvo"}
+    assert set(config.target_parameters) == {f"model.layers.{i}.mlp.experts.{p}" for i in (0, 1)
+                                             for p in ("gate_up_proj", "down_proj")}
+    (key, rank), = config.rank_pattern.items()
+    assert rank == 2 * R and config.alpha_pattern == {key: 2 * ALPHA}
+    assert all(re.fullmatch(key, f"model.layers.{i}.mlp.experts.gate_up_proj") for i in (0, 1))
+    assert not re.fullmatch(key, "model.layers.2.mlp.experts.gate_up_proj")
+
+
+def _logits(model):
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.requires(peft=">=0.20.0.dev0", transformers=">=5.0.0rc0")  # 0.19.x cannot load fused-MoE adapters
+def test_adapter_saved_with_patch_loads_without_it_and_the_reverse(tmp_path):
+    import json
+
+    from peft import LoraConfig, PeftModel
+
+    kind = "qwen3_moe"  # one family: the representation does not depend on it (Mixtral: same code path)
+    regex = _regexes(kind)["layers01"]
+    expected = _plain_expected(kind, regex)
+    # saved with the patch, loaded without it: the same LoRA layers, bitwise the same logits
+    with compat_patches.patched(NAME):
+        outcome, _, peft_model, _ = _run(kind, regex, init_lora_weights=False)
+        before = _logits(peft_model)
+        peft_model.save_pretrained(tmp_path / "with")
+    assert outcome == expected
+    saved = json.loads((tmp_path / "with" / "adapter_config.json").read_text())
+    assert LoraConfig.from_pretrained(tmp_path / "with").target_parameters  # this release reads it back
+    assert isinstance(saved["target_modules"], list)
+    reloaded = PeftModel.from_pretrained(_tiny(kind), tmp_path / "with")
+    assert _adapted(reloaded) == expected
+    assert torch.equal(_logits(reloaded), before)
+    # saved without the patch (PEFT widens the regex to every layer), loaded with it: PEFT's own structure
+    outcome, _, peft_model, _ = _run(kind, regex, init_lora_weights=False)
+    before = _logits(peft_model)
+    peft_model.save_pretrained(tmp_path / "without")
+    with compat_patches.patched(NAME):
+        reloaded = PeftModel.from_pretrained(_tiny(kind), tmp_path / "without")
+        assert _adapted(reloaded) == outcome
+        assert torch.equal(_logits(reloaded), before)
+
+
+@pytest.mark.requires(**AFFECTED)
+def test_warnings_an_expert_only_regex(caplog):
+    import logging
+    import warnings
+
+    regex = r"model\.layers\.[12]\.mlp\.experts\.(gate_proj|up_proj|down_proj)"
+    with compat_patches.patched(NAME), warnings.catch_warnings(record=True) as caught, \
+            caplog.at_level(logging.WARNING, logger="compat_patches"):
+        warnings.simplefilter("always")
+        outcome, *_ = _run("qwen3_moe", regex)
+    assert outcome == _plain_expected("qwen3_moe", regex)
+    peft_warnings = sorted(str(w.message).split(" keys ")[0] for w in caught
+                           if w.category in (RuntimeWarning, UserWarning) and "peft" in w.filename)
+    ours = [r.getMessage() for r in caplog.records if r.name == "compat_patches" and NAME in r.getMessage()]
+    # never "target_modules=... were set but no module was matched": no module is targeted, so none is set
+    assert not any("no module was matched" in m for m in peft_warnings)
+    if peft_warnings:  # PEFT >= 0.20 checks rank/alpha keys against module targets only: one line of ours says so
+        assert peft_warnings == ["The following alpha_pattern", "The following rank_pattern"]
+        assert len(ours) == 1 and "expect PEFT's warning" in ours[0]
+        assert "model.layers.1.mlp.experts.gate_up_proj" in ours[0]
+    else:
+        assert ours == []
