@@ -54,7 +54,7 @@ VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", 
                 "pyarrow", "pillow", "codetiming", "orjson"]
 
 
-VLLM = ["tests/patches/vllm", "tests/test_vllm_plugin.py", *COMMON]
+VLLM = ["tests/patches/vllm", "tests/upstream/vllm", "tests/test_vllm_plugin.py", *COMMON]
 VLLM_QUICK = ("0.18.0", "0.33.0")  # affected (and vLLM's own plugin loader); newest (method removed)
 VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.20.2", "0.21.0",
                  "0.22.0", "0.22.1", "0.23.0", "0.24.0", "0.25.0", "0.25.1", "0.26.0", "0.27.0",
