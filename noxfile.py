@@ -100,7 +100,7 @@ VERSION_SETS = {
     "transformers-5.9.0": transformers("5.9.0", QUICK, torch=False, extra=[REPORT_COMMAND]),
     **{f"transformers-{v}": transformers(v, FULL)
        for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
-                 "5.10.0", "5.10.1", "5.21.1", "5.22.0")},
+                 "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.20.0", "5.21.1", "5.22.0", "5.23.0")},
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
     "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours

@@ -1,0 +1,545 @@
+"""transformers-mamba2-packed-samples: keep packed samples apart in the Mamba2 hybrids.
+
+Trainers pack several samples into one row and mark them with ``position_ids`` restarting at 0
+(verl, TRL padding-free, ms-swift, LlamaFactory, axolotl). Attention keeps them apart; the Mamba2
+mixers of NemotronH, Bamba, GraniteMoeHybrid and Falcon-H1 never see the boundaries: their causal
+conv1d and their SSM state run from one sample into the next, so every sample after the first
+gets different logits and gradients than when run alone (measured on every transformers 5.x
+release). GraniteMoeHybrid's model also builds its attention mask without ``position_ids``, so its
+attention layers leak across samples too (Bamba's and Falcon-H1's up to 5.1.0).
+
+The fix uses the shared boundary mechanism (:mod:`compat_patches.packed_samples`):
+
+* the decoder layer's wrapper carries what it receives (``position_ids``, its 2-D mask, a
+  forwarded ``cu_seq_lens_q``) into ``packed_samples.carrying(...)`` around the original layer
+  (``packed_samples.call_layer``), so the boundaries are there when gradient checkpointing
+  recomputes the layer; from 5.23, where ``GradientCheckpointingLayer`` checkpoints inside the
+  class's own ``forward`` only while nothing wraps it, ``call_layer`` checkpoints a packed batch
+  itself. GraniteMoeHybrid's decoder layer gets no ``position_ids``: its model's wrapper hands them
+  to the layers in a private keyword argument that the layer's wrapper removes again (packed
+  batches only), and to its ``create_causal_mask`` (block-diagonal causal mask, as Bamba's model
+  does since 5.2.0). Bamba's and Falcon-H1's ``_update_causal_mask`` (5.0.0rc0 - 5.1.x) get the
+  same;
+* the Mamba2 mixer's wrapper asks ``packed_samples.current(hidden_states)``: None (not packed,
+  no boundaries, a decoding step) runs the original code untouched; otherwise each sample runs
+  through the original mixer alone (``Packing.split_run``, no cache), or, where the CUDA kernels
+  (``mamba_ssm`` and ``causal_conv1d``) run and the mixer hands ``seq_idx`` to them, once with
+  ``seq_idx``.
+
+Up to 5.14 the mixers dispatch to ``cuda_kernels_forward`` / ``torch_forward``; from 5.15 one
+``forward`` calls module-level ``causal_conv1d_fn`` / ``mamba2_chunk_scan`` /
+``mamba2_split_conv1d_scan_combined`` with the mixer's extra keyword arguments: one Target per
+shape and signature (``_SHAPES``).
+
+Nothing heavy is imported here: torch, inspect and the shared mechanism only inside the wrappers.
+"""
+
+from compat_patches.core import Patch, Target
+
+_PRIVATE_POSITIONS = "_compat_patches_position_ids"  # GraniteMoeHybrid: model -> decoder layer
+_PACKING_KWARGS = ("seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+_CACHE_NAMES = ("cache", "cache_params", "past_key_values")
+_signatures = {}
+
+
+def _module(family):
+    return f"transformers.models.{family}.modeling_{family}"
+
+
+def _signature(wrapped):
+    """The signature `wrapped` is called with (a bound method's without its first parameter)."""
+    function = getattr(wrapped, "__func__", wrapped)
+    key = (function, hasattr(wrapped, "__self__"))
+    try:
+        return _signatures[key]
+    except KeyError:
+        import inspect
+
+        signature = inspect.signature(function)
+        if key[1]:
+            signature = signature.replace(parameters=tuple(signature.parameters.values())[1:])
+        _signatures[key] = signature
+        return signature
+
+
+def _arguments(wrapped, args, kwargs):
+    """The call's arguments by name (a ``**kwargs`` parameter's entries flattened in)."""
+    bound = _signature(wrapped).bind(*args, **kwargs)
+    arguments = dict(bound.arguments)
+    for name, parameter in _signature(wrapped).parameters.items():
+        if parameter.kind == parameter.VAR_KEYWORD and name in arguments:
+            arguments.update(arguments.pop(name))
+    return arguments
+
+
+# ----- decoder layer: carry the boundaries ------------------------------------------------------
+
+def _two_d(mask, like=None):
+    """`mask` if it is a 2-D (batch, seq_len) mask laid out like `like` (position_ids), else None
+    (a 4-D attention mask, or a decoding step's mask over past and new tokens)."""
+    if mask is None or not hasattr(mask, "dim") or mask.dim() != 2:
+        return None
+    if like is not None and tuple(mask.shape) != tuple(like.shape[-2:]):
+        return None
+    return mask
+
+
+def _carried(kwargs, mask_name, position_ids=None):
+    position_ids = kwargs.get("position_ids") if position_ids is None else position_ids
+    return dict(position_ids=position_ids,
+                attention_mask=_two_d(kwargs.get(mask_name), position_ids),
+                cu_seq_lens=kwargs.get("cu_seq_lens_q"))
+
+
+def _carry_layer(wrapped, instance, args, kwargs, carry):
+    from compat_patches import packed_samples
+
+    hidden_states = args[0] if args else kwargs.get("hidden_states")
+    batch_size = hidden_states.shape[0] if hidden_states is not None else None
+    if carry["cu_seq_lens"] is not None and batch_size != 1:
+        carry["cu_seq_lens"] = None  # cu_seq_lens describe one row; a batch keeps its position_ids
+    position_ids = carry["position_ids"]
+    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 \
+            and batch_size is not None and batch_size > 1:  # one row of ids for the whole batch
+        carry["position_ids"] = position_ids.expand(batch_size, position_ids.shape[-1])
+    return packed_samples.call_layer(wrapped, instance, args, kwargs, **carry)
+
+
+def _layer(wrapped, instance, args, kwargs):
+    """NemotronHBlock / BambaDecoderLayer: ``position_ids`` and the layer's (2-D) mask."""
+    if "position_ids" not in kwargs and len(args) > 1:
+        kwargs = _arguments(wrapped, args, kwargs)
+        args = (kwargs.pop("hidden_states"),)
+    return _carry_layer(wrapped, instance, args, kwargs, _carried(kwargs, "attention_mask"))
+
+
+def _falcon_layer(wrapped, instance, args, kwargs):
+    """FalconH1DecoderLayer: the mamba branch's mask is ``mamba_attention_mask``."""
+    if "position_ids" not in kwargs and len(args) > 1:
+        kwargs = _arguments(wrapped, args, kwargs)
+        args = (kwargs.pop("hidden_states"),)
+    return _carry_layer(wrapped, instance, args, kwargs, _carried(kwargs, "mamba_attention_mask"))
+
+
+def _granite_layer(wrapped, instance, args, kwargs):
+    """GraniteMoeHybridDecoderLayer gets no position_ids: the model's wrapper passes them in a
+    private keyword (only for a packed batch), removed here before the original layer runs."""
+    position_ids = kwargs.pop(_PRIVATE_POSITIONS, None)
+    if position_ids is None:
+        return wrapped(*args, **kwargs)
+    carry = _carried(kwargs, "attention_mask", position_ids)
+    return _carry_layer(wrapped, instance, args, kwargs, carry)
+
+
+# ----- GraniteMoeHybrid model: positions to the layers and to the attention mask ---------------
+
+_mask_positions = None  # a ContextVar, made on first use (no contextvars import at module level)
+
+
+def _mask_positions_var():
+    global _mask_positions
+    if _mask_positions is None:
+        import contextvars
+
+        _mask_positions = contextvars.ContextVar("compat_patches_granite_mask_positions", default=None)
+    return _mask_positions
+
+
+def _packed_positions(wrapped, args, kwargs):
+    """The model forward's position_ids if they describe a packed batch, else None."""
+    from compat_patches import packed_samples
+
+    arguments = _arguments(wrapped, args, kwargs) if len(args) > 2 else kwargs
+    position_ids = arguments.get("position_ids")
+    if position_ids is None or position_ids.shape[-1] < 2:
+        return None
+    mask = _two_d(arguments.get("attention_mask"), position_ids)
+    if packed_samples.from_position_ids(position_ids, mask) is None:
+        return None
+    return position_ids
+
+
+def _with_mask_positions(wrapped, args, kwargs, position_ids):
+    token = _mask_positions_var().set(position_ids)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _mask_positions.reset(token)
+
+
+def _granite_model(wrapped, instance, args, kwargs):
+    """GraniteMoeHybridModel.forward: a packed batch's position_ids go to the decoder layers (a
+    private keyword the layer's wrapper removes) and to the attention mask."""
+    position_ids = None if _PRIVATE_POSITIONS in kwargs else _packed_positions(wrapped, args, kwargs)
+    if position_ids is None:
+        return wrapped(*args, **kwargs)  # not packed: the original forward, untouched
+    return _with_mask_positions(wrapped, args, dict(kwargs, **{_PRIVATE_POSITIONS: position_ids}),
+                                position_ids)
+
+
+def _granite_mask(wrapped, instance, args, kwargs):
+    """create_causal_mask as GraniteMoeHybridModel calls it: with the packed batch's position_ids
+    (it builds the block-diagonal causal mask from them where no 2-D mask is given, as for Bamba)."""
+    position_ids = _mask_positions.get() if _mask_positions is not None else None
+    if position_ids is None or kwargs.get("position_ids") is not None:
+        return wrapped(*args, **kwargs)
+    return wrapped(*args, **dict(kwargs, position_ids=position_ids))
+
+
+def _old_model(wrapped, instance, args, kwargs):
+    """Bamba / Falcon-H1 model forward, 5.0.0rc0 - 5.1.x: a packed batch's position_ids for the
+    attention mask (the decoder layers get them already)."""
+    position_ids = _packed_positions(wrapped, args, kwargs)
+    if position_ids is None:
+        return wrapped(*args, **kwargs)
+    return _with_mask_positions(wrapped, args, kwargs, position_ids)
+
+
+def _old_mask(wrapped, instance, args, kwargs):
+    """BambaModel / FalconH1Model._update_causal_mask, 5.0.0rc0 - 5.1.x, ignores position_ids.
+    For a packed batch without a 2-D mask, build the mask as 5.2.0 does: create_causal_mask with
+    the position_ids (block-diagonal causal)."""
+    position_ids = _mask_positions.get() if _mask_positions is not None else None
+    if position_ids is None:
+        return wrapped(*args, **kwargs)
+    arguments = _arguments(wrapped, args, kwargs)
+    if arguments.get("attention_mask") is not None or arguments.get("past_key_values") is not None:
+        return wrapped(*args, **kwargs)
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(instance.config, arguments["input_tensor"], None,
+                              arguments["cache_position"], None, position_ids=position_ids)
+
+
+# ----- the Mamba2 mixer: keep the samples apart -------------------------------------------------
+
+def _split_at_padding(packing, mask):
+    """Also start a span wherever a row switches between real tokens and padding (2-D mask), so
+    padding never runs into a sample (a one-row slice is not masked by the mixer itself)."""
+    from compat_patches import packed_samples
+
+    if mask is None or tuple(mask.shape) != (packing.batch_size, packing.seq_len):
+        return packing
+    rows, columns = (mask[:, 1:].bool() != mask[:, :-1].bool()).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return packing
+    starts = [set(row) for row in packing.starts]
+    for row, column in zip(rows.tolist(), columns.tolist()):
+        starts[row].add(column + 1)
+    return packed_samples.Packing([sorted(row) for row in starts], packing.seq_len)
+
+
+def _importable(name):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _kernels_take_seq_idx(wrapped, instance, hidden_states):
+    """Whether this call reaches mamba_ssm / causal_conv1d CUDA kernels that take ``seq_idx``
+    (unconfirmed here: no GPU; see the docs page)."""
+    if not hidden_states.is_cuda:
+        return False
+    cuda_forward = getattr(type(instance), "cuda_kernels_forward", None)
+    if cuda_forward is not None:  # <= 5.14
+        import inspect
+        import sys
+
+        if "seq_idx" not in inspect.signature(cuda_forward).parameters:
+            return False  # NemotronH / Falcon-H1: cuda_kernels_forward passes seq_idx=None
+        # Bamba / GraniteMoeHybrid: forward(..., seq_idx=None) hands it to cuda_kernels_forward
+        module = sys.modules.get(type(instance).__module__)
+        return bool(getattr(module, "is_fast_path_available", False))
+    # >= 5.15: the mixer hands its keyword arguments to the module-level kernels
+    return _importable("mamba_ssm") and _importable("causal_conv1d")
+
+
+def _mixer(wrapped, instance, args, kwargs):
+    from compat_patches import packed_samples
+
+    hidden_states = args[0] if args else kwargs.get("hidden_states")
+    if hidden_states is None or getattr(hidden_states, "dim", lambda: 0)() != 3:
+        return wrapped(*args, **kwargs)
+    packing = packed_samples.current(hidden_states)
+    if packing is None:
+        return wrapped(*args, **kwargs)  # not packed: the original code, untouched
+    extra = ()
+    if any(p.kind == p.VAR_POSITIONAL for p in _signature(wrapped).parameters.values()):
+        # 5.13 - 5.21.0: accelerate's force_accelerate_hooks hides the signature, (*args, **kwargs);
+        # the decoder layers pass hidden_states positionally and the rest by keyword
+        arguments = dict(kwargs, hidden_states=hidden_states)
+        extra = args[1:]
+    else:
+        arguments = _arguments(wrapped, args, kwargs)
+    mask = arguments.get("attention_mask")
+    packing = _split_at_padding(packing, _two_d(mask))
+    if _kernels_take_seq_idx(wrapped, instance, hidden_states):
+        return wrapped(*args, **dict(kwargs, seq_idx=packing.seq_idx(hidden_states.device)))
+    hidden_states = arguments.pop("hidden_states")
+    for name in _CACHE_NAMES:
+        if name in arguments:
+            arguments[name] = None  # each sample alone, from an empty state; nothing cached
+    for name in _PACKING_KWARGS:
+        arguments.pop(name, None)
+    per_token = {}
+    if _two_d(mask) is not None and tuple(mask.shape) == tuple(hidden_states.shape[:2]):
+        per_token["attention_mask"] = arguments.pop("attention_mask")
+
+    def run(sample, **sliced):
+        return wrapped(sample, *extra, **arguments, **sliced)
+
+    return packing.split_run(run, hidden_states, per_token)
+
+
+# ----- fingerprints --------------------------------------------------------------------------
+
+_FAMILIES = ("nemotron_h", "bamba", "granitemoehybrid", "falcon_h1")
+
+
+def _fix_signs(text):
+    """Signs of an upstream fix in a >= 5.15 modeling file: sample boundaries handed on as
+    ``seq_idx=`` / ``cu_seqlens=`` (none of the four files has one, 5.15.0 - 5.24.0)."""
+    import re
+
+    return re.findall(r"\b(seq_idx|cu_seqlens|cu_seq_lens_q)\s*=(?!=)", text)
+
+
+def _family_fixed(family):
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(_module(family))
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    with open(spec.origin, encoding="utf-8") as handle:
+        return bool(_fix_signs(handle.read()))
+
+
+def _fixed_everywhere(original):
+    """`fixed=` of the >= 5.15 mixers: every family's modeling file hands boundaries on."""
+    states = {family: _family_fixed(family) for family in _FAMILIES}
+    if all(state is not False for state in states.values()) and any(states.values()):
+        return "every Mamba2 hybrid's modeling file passes seq_idx / cu_seqlens on"
+    return None
+
+
+def _fixed_partly(original):
+    """`check=`: one family fixed upstream and another not is drift (this record would switch
+    off for all four at once): report it rather than patch half."""
+    states = {family: _family_fixed(family) for family in _FAMILIES}
+    fixed = sorted(family for family, state in states.items() if state)
+    if fixed and any(state is False for state in states.values()):
+        return (f"upstream hands seq_idx / cu_seqlens on in {', '.join(fixed)} only: the record "
+                "needs an update")
+    return None
+
+
+# ----- the record ----------------------------------------------------------------------------
+
+# (family, "Class.attribute", wrapper, versions, params): the signature of every release, 5.0.0rc0 -
+# 5.24.0 (read from each wheel and measured at run time: 5.13.0 - 5.15.1 hide the mixers'
+# signature behind accelerate's force_accelerate_hooks; the comment names the releases).
+# "_mixer_a": the mixer up to 5.14 (cuda_kernels_forward / torch_forward); "_mixer": from 5.15
+# (module-level kernels, `fixed=`).
+_SHAPES = (
+    # 5.3.0
+    ("nemotron_h", "NemotronHBlock.forward", "_layer", ">=5.3.0.dev0,<5.4.0.dev0",
+     ("self", "hidden_states", "past_key_values", "cache_position", "attention_mask",
+      "position_ids", "use_cache", "kwargs")),
+    # 5.4.0 - 5.23.0
+    ("nemotron_h", "NemotronHBlock.forward", "_layer", ">=5.4.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "past_key_values", "attention_mask", "position_ids", "use_cache",
+      "kwargs")),
+    # 5.24.0
+    ("nemotron_h", "NemotronHBlock.forward", "_layer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "cache", "attention_mask", "position_ids", "use_cache", "kwargs")),
+    # 5.3.0
+    ("nemotron_h", "NemotronHMamba2Mixer.forward", "_mixer_a", ">=5.3.0.dev0,<5.4.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask")),
+    # 5.4.0 - 5.12.1
+    ("nemotron_h", "NemotronHMamba2Mixer.forward", "_mixer_a", ">=5.4.0.dev0,<5.13.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")),
+    # 5.13.0 - 5.14.1
+    ("nemotron_h", "NemotronHMamba2Mixer.forward", "_mixer_a", ">=5.13.0.dev0,<5.15.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.15.0 - 5.15.1
+    ("nemotron_h", "NemotronHMamba2Mixer.forward", "_mixer", ">=5.15.0.dev0,<5.16.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.16.0 - 5.23.0
+    ("nemotron_h", "NemotronHMamba2Mixer.forward", "_mixer", ">=5.16.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")),
+    # 5.24.0
+    ("nemotron_h", "NemotronHMamba2Mixer.forward", "_mixer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "cache", "attention_mask", "kwargs")),
+    # 5.0.0rc0 - 5.3.0
+    ("bamba", "BambaDecoderLayer.forward", "_layer", ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "hidden_states", "attention_mask", "position_ids", "past_key_values",
+      "output_attentions", "use_cache", "cache_position", "position_embeddings", "kwargs")),
+    # 5.4.0 - 5.23.0
+    ("bamba", "BambaDecoderLayer.forward", "_layer", ">=5.4.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "attention_mask", "position_ids", "past_key_values", "use_cache",
+      "position_embeddings", "kwargs")),
+    # 5.24.0
+    ("bamba", "BambaDecoderLayer.forward", "_layer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "attention_mask", "position_ids", "cache", "use_cache",
+      "position_embeddings", "kwargs")),
+    # 5.0.0rc0 - 5.3.0
+    ("bamba", "BambaMixer.forward", "_mixer_a", ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "hidden_states", "cache_params", "cache_position", "attention_mask", "seq_idx",
+      "kwargs")),
+    # 5.4.0 - 5.12.1
+    ("bamba", "BambaMixer.forward", "_mixer_a", ">=5.4.0.dev0,<5.13.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "seq_idx", "kwargs")),
+    # 5.13.0 - 5.14.1
+    ("bamba", "BambaMixer.forward", "_mixer_a", ">=5.13.0.dev0,<5.15.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.15.0 - 5.15.1
+    ("bamba", "BambaMixer.forward", "_mixer", ">=5.15.0.dev0,<5.16.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.16.0 - 5.23.0
+    ("bamba", "BambaMixer.forward", "_mixer", ">=5.16.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")),
+    # 5.24.0
+    ("bamba", "BambaMixer.forward", "_mixer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "cache", "attention_mask", "kwargs")),
+    # 5.0.0rc0 - 5.1.0
+    ("bamba", "BambaModel.forward", "_old_model", ">=5.0.0rc0,<5.2.0.dev0",
+     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
+      "use_cache", "output_attentions", "output_hidden_states", "cache_position", "kwargs")),
+    # 5.0.0rc0 - 5.1.0
+    ("bamba", "BambaModel._update_causal_mask", "_old_mask", ">=5.0.0rc0,<5.2.0.dev0",
+     ("self", "attention_mask", "input_tensor", "cache_position", "past_key_values",
+      "output_attentions")),
+    # 5.0.0rc0 - 5.3.0
+    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
+      "use_cache", "cache_position", "kwargs")),
+    # 5.4.0 - 5.23.0
+    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.4.0.dev0,<5.24.0.dev0",
+     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
+      "use_cache", "kwargs")),
+    # 5.24.0
+    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.24.0.dev0",
+     ("self", "input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds",
+      "use_cache", "kwargs")),
+    # 5.0.0rc0 - 5.3.0
+    ("granitemoehybrid", "GraniteMoeHybridDecoderLayer.forward", "_granite_layer",
+     ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "hidden_states", "attention_mask", "past_key_values", "use_cache",
+      "cache_position", "position_embeddings", "kwargs")),
+    # 5.4.0 - 5.23.0
+    ("granitemoehybrid", "GraniteMoeHybridDecoderLayer.forward", "_granite_layer",
+     ">=5.4.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "attention_mask", "past_key_values", "use_cache",
+      "position_embeddings", "kwargs")),
+    # 5.24.0
+    ("granitemoehybrid", "GraniteMoeHybridDecoderLayer.forward", "_granite_layer",
+     ">=5.24.0.dev0",
+     ("self", "hidden_states", "attention_mask", "cache", "use_cache", "position_embeddings",
+      "kwargs")),
+    # 5.0.0rc0 - 5.3.0
+    ("granitemoehybrid", "GraniteMoeHybridMambaLayer.forward", "_mixer_a", ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "hidden_states", "cache_params", "cache_position", "attention_mask", "seq_idx",
+      "kwargs")),
+    # 5.4.0 - 5.12.1
+    ("granitemoehybrid", "GraniteMoeHybridMambaLayer.forward", "_mixer_a", ">=5.4.0.dev0,<5.13.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "seq_idx", "kwargs")),
+    # 5.13.0 - 5.14.1
+    ("granitemoehybrid", "GraniteMoeHybridMambaLayer.forward", "_mixer_a", ">=5.13.0.dev0,<5.15.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.15.0 - 5.15.1
+    ("granitemoehybrid", "GraniteMoeHybridMambaLayer.forward", "_mixer", ">=5.15.0.dev0,<5.16.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.16.0 - 5.23.0
+    ("granitemoehybrid", "GraniteMoeHybridMambaLayer.forward", "_mixer", ">=5.16.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")),
+    # 5.24.0
+    ("granitemoehybrid", "GraniteMoeHybridMambaLayer.forward", "_mixer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "cache", "attention_mask", "kwargs")),
+    # 5.0.0rc0 - 5.3.0
+    ("falcon_h1", "FalconH1DecoderLayer.forward", "_falcon_layer", ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "hidden_states", "attention_mask", "mamba_attention_mask", "position_ids",
+      "past_key_values", "output_attentions", "use_cache", "cache_position",
+      "position_embeddings", "kwargs")),
+    # 5.4.0 - 5.23.0
+    ("falcon_h1", "FalconH1DecoderLayer.forward", "_falcon_layer", ">=5.4.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "attention_mask", "mamba_attention_mask", "position_ids",
+      "past_key_values", "use_cache", "position_embeddings", "kwargs")),
+    # 5.24.0
+    ("falcon_h1", "FalconH1DecoderLayer.forward", "_falcon_layer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "attention_mask", "mamba_attention_mask", "position_ids",
+      "cache", "use_cache", "position_embeddings", "kwargs")),
+    # 5.0.0rc0 - 5.3.0
+    ("falcon_h1", "FalconH1Mixer.forward", "_mixer_a", ">=5.0.0rc0,<5.4.0.dev0",
+     ("self", "hidden_states", "cache_params", "cache_position", "attention_mask")),
+    # 5.4.0 - 5.12.1
+    ("falcon_h1", "FalconH1Mixer.forward", "_mixer_a", ">=5.4.0.dev0,<5.13.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")),
+    # 5.13.0 - 5.14.1
+    ("falcon_h1", "FalconH1Mixer.forward", "_mixer_a", ">=5.13.0.dev0,<5.15.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.15.0 - 5.15.1
+    ("falcon_h1", "FalconH1Mixer.forward", "_mixer", ">=5.15.0.dev0,<5.16.0.dev0",
+     ("self", "args", "kwargs")),
+    # 5.16.0 - 5.23.0
+    ("falcon_h1", "FalconH1Mixer.forward", "_mixer", ">=5.16.0.dev0,<5.24.0.dev0",
+     ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")),
+    # 5.24.0
+    ("falcon_h1", "FalconH1Mixer.forward", "_mixer", ">=5.24.0.dev0",
+     ("self", "hidden_states", "cache", "attention_mask", "kwargs")),
+    # 5.0.0rc0 - 5.1.0
+    ("falcon_h1", "FalconH1Model.forward", "_old_model", ">=5.0.0rc0,<5.2.0.dev0",
+     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
+      "use_cache", "output_attentions", "output_hidden_states", "cache_position", "kwargs")),
+    # 5.0.0rc0 - 5.1.0
+    ("falcon_h1", "FalconH1Model._update_causal_mask", "_old_mask", ">=5.0.0rc0,<5.2.0.dev0",
+     ("self", "attention_mask", "input_tensor", "cache_position", "past_key_values",
+      "output_attentions")),
+    # every release (its parameters change often: check= asks for position_ids only)
+    ("granitemoehybrid", "create_causal_mask", "_granite_mask", ">=5.0.0rc0", None),
+)
+def _mask_has_position_ids(original):
+    """`check=` of GraniteMoeHybrid's create_causal_mask (its parameters change often): it must take
+    position_ids."""
+    import inspect
+
+    if "position_ids" not in inspect.signature(original).parameters:
+        return "create_causal_mask takes no position_ids"
+    return None
+
+
+def _targets():
+    wrappers = {"_layer": _layer, "_falcon_layer": _falcon_layer, "_granite_layer": _granite_layer,
+                "_granite_model": _granite_model, "_granite_mask": _granite_mask, "_mixer": _mixer,
+                "_mixer_a": _mixer, "_old_model": _old_model, "_old_mask": _old_mask}
+    targets = []
+    for family, attribute, wrapper, versions, params in _SHAPES:
+        extra = {}
+        if attribute == "create_causal_mask":
+            extra["check"] = _mask_has_position_ids
+        elif wrapper == "_mixer":  # >= 5.15 (shape B); "_mixer_a" is the same wrapper before
+            extra["fixed"] = _fixed_everywhere
+            extra["check"] = _fixed_partly
+        targets.append(Target(f"{_module(family)}:{attribute}", wrapper=wrappers[wrapper], params=params,
+                              versions=versions, **extra))
+    return tuple(targets)
+
+
+PATCH = Patch(
+    name="transformers-mamba2-packed-samples",
+    summary="keep packed samples (position_ids restarting at 0) apart in the Mamba2 layers of "
+            "NemotronH, Bamba, GraniteMoeHybrid and Falcon-H1, and in GraniteMoeHybrid's attention",
+    upstream="",  # not reported or fixed upstream (the docs page names what was searched)
+    affected={"transformers": ">=5.0.0rc0", "torch": ">=2.0"},
+    fixed_in=None,
+    targets=_targets(),
+    notes="Packed rows need use_cache=False (transformers builds the block-diagonal attention mask only "
+          "without a cache, for every model); a packed prefill leaves no Mamba state in a cache. The "
+          "CUDA-kernel route (seq_idx instead of per-sample runs) is unconfirmed on a GPU; "
+          "GraniteMoeHybrid attention under flash_attention_2 is not covered.",
+)
