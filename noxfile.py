@@ -44,7 +44,7 @@ PEFT_IMPORT = ["tests/patches/peft", *COMMON]
 TRANSFORMERS = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
         UPSTREAM_RECORDS, *COMMON]
-LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", UPSTREAM_RECORDS,
+LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", "tests/test_packed_samples.py", UPSTREAM_RECORDS,
                  "tests/test_distributed_sync.py", *COMMON]
 # the report command with transformers but no torch (its banner must stay off stdout)
 REPORT_COMMAND = "tests/test_report_command.py"

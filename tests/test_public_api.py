@@ -14,7 +14,11 @@ from compat_patches.core import STATUSES, UnknownPatchError
 NAMES = ("transformers-rope-ignore-keys", "peft-moe-regex-targets", "vllm-ascend-moe-layout",
          "fsdp-packed-experts", "vllm-fused-expert-kwargs", "transformers-byte-level-tokenizer",
          "transformers-missing-weights-init", "transformers-vl-processor-ragged-batch",
-         "transformers-gpt-oss-num-experts")
+         "transformers-gpt-oss-num-experts", "transformers-gdn-packed-samples",
+         "transformers-mamba2-packed-samples", "transformers-gemma-loss-kwargs",
+         "transformers-trainer-token-count", "peft-hybrid-cache-import", "peft-shared-expert-targets",
+         "vllm-layerwise-reload-numel", "vllm-hybrid-fp8-kv-wake", "vllm-moe-reprocess-storage",
+         "vllm-flashinfer-moe-layout")
 HEAVY = ("torch", "transformers", "peft", "vllm", "vllm_ascend", "verl", "numpy")
 
 

@@ -1,16 +1,26 @@
 """The registered patches, in report order: ``patches/<library>/<what_it_fixes>.py``, each
 defining one ``PATCH`` record. Importing a record imports nothing of the library it fixes."""
 
-from .peft import moe_regex_targets
+from .peft import hybrid_cache_import, moe_regex_targets, shared_expert_targets
 from .transformers import (
     byte_level_tokenizer,
+    gdn_packed_samples,
+    gemma_loss_kwargs,
     gpt_oss_num_experts,
+    mamba2_packed_samples,
     missing_weights_init,
     rope_ignore_keys,
+    trainer_token_count,
     vl_processor_ragged_batch,
 )
 from .verl import fsdp_packed_experts
-from .vllm import fused_expert_kwargs
+from .vllm import (
+    flashinfer_moe_layout,
+    fused_expert_kwargs,
+    hybrid_fp8_kv_wake,
+    layerwise_reload_numel,
+    moe_reprocess_storage,
+)
 from .vllm_ascend import moe_layout
 
 ALL_PATCHES = (
@@ -23,4 +33,14 @@ ALL_PATCHES = (
     missing_weights_init.PATCH,
     vl_processor_ragged_batch.PATCH,
     gpt_oss_num_experts.PATCH,
+    gdn_packed_samples.PATCH,
+    mamba2_packed_samples.PATCH,
+    gemma_loss_kwargs.PATCH,
+    trainer_token_count.PATCH,
+    hybrid_cache_import.PATCH,
+    shared_expert_targets.PATCH,
+    layerwise_reload_numel.PATCH,
+    hybrid_fp8_kv_wake.PATCH,
+    moe_reprocess_storage.PATCH,
+    flashinfer_moe_layout.PATCH,
 )

@@ -94,14 +94,6 @@ def _carried(kwargs, mask_name, position_ids=None):
 def _carry_layer(wrapped, instance, args, kwargs, carry):
     from compat_patches import packed_samples
 
-    hidden_states = args[0] if args else kwargs.get("hidden_states")
-    batch_size = hidden_states.shape[0] if hidden_states is not None else None
-    if carry["cu_seq_lens"] is not None and batch_size != 1:
-        carry["cu_seq_lens"] = None  # cu_seq_lens describe one row; a batch keeps its position_ids
-    position_ids = carry["position_ids"]
-    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape[0] == 1 \
-            and batch_size is not None and batch_size > 1:  # one row of ids for the whole batch
-        carry["position_ids"] = position_ids.expand(batch_size, position_ids.shape[-1])
     return packed_samples.call_layer(wrapped, instance, args, kwargs, **carry)
 
 
