@@ -92,8 +92,10 @@ VERSION_SETS = {
     # transformers records, each range measured on every 5.x release (docs/patches/transformers-*):
     # rope = rope-ignore-keys, tok = byte-level-tokenizer, init = missing-weights-init,
     # vl = vl-processor-ragged-batch, gpt = gpt-oss-num-experts
-    "transformers-5.2.0": transformers("5.2.0", QUICK),  # rope keyword shape; gpt own __setattr__
-    "transformers-5.3.0": transformers("5.3.0", QUICK),  # vl (only affected release); tok first
+    # vl (only affected release); the <5.4 shapes: rope keyword, gpt own __setattr__, Qwen3.5 GDN;
+    # token count with accelerate's second division
+    "transformers-5.3.0": transformers("5.3.0", QUICK),
+    "transformers-5.2.0": transformers("5.2.0", FULL),  # Qwen3.5's first release
     "transformers-5.4.0": transformers("5.4.0", QUICK),  # rope attribute shape; gpt strict shape
     "transformers-5.8.1": transformers("5.8.1", QUICK),  # init (with 5.8.0 the only affected)
     # rope last affected, first fixed of init; no torch: the report command keeps its banner off stdout
