@@ -46,6 +46,7 @@ drift rather than silently bypassed.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.source import function_source
 
 #: The method body (docstring excluded) in every affected release, as ``ast.unparse`` prints it.
 BUGGY_BODY = """\
@@ -66,38 +67,11 @@ FIXED_BODY = BUGGY_BODY.replace("name, shard_id, expert_id, return_success",
 PARAMS = ("self", "name", "params_dict", "loaded_weight", "shard_id", "num_experts")
 
 
-_bodies = {}  # the fixed= and check= fingerprints read the same method: parse it once
-
-
-def method_body(function):
-    """The body of `function` (docstring dropped) normalised by ``ast.unparse``, one statement a line."""
-    if function not in _bodies:
-        _bodies[function] = _parse_body(function)
-    return _bodies[function]
-
-
-def _parse_body(function):
-    import ast
-    import inspect
-    import textwrap
-
-    source = textwrap.dedent(inspect.getsource(function))
-    node = ast.parse(source).body[0]
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        raise TypeError(f"{function!r} is not defined by a def statement")
-    body = node.body
-    first = body[0] if body else None
-    if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)):
-        body = body[1:]
-    return "\n".join(ast.unparse(statement) for statement in body)
-
-
 def _body_or_none(original):
     if hasattr(original, "__wrapped__"):
         return None
     try:
-        return method_body(original)
+        return function_source(original)[1]
     except (OSError, TypeError, SyntaxError):
         return None
 
@@ -115,7 +89,7 @@ def check_body(original):
         return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
                 "substituting the body would bypass that wrapper")
     try:
-        body = method_body(original)
+        body = function_source(original)[1]
     except (OSError, TypeError, SyntaxError) as exc:
         return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
     if body == BUGGY_BODY:

@@ -28,6 +28,7 @@ a proxy ``self`` would let a stand-in object reach vLLM code.
 import sys
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.source import function_source
 
 _MODULE = "vllm.v1.worker.gpu_model_runner"
 
@@ -82,33 +83,6 @@ FIXED_BODIES = {shape: guard + _FIXED_LOOP + _SCALES for shape, guard in GUARDS.
 
 DECORATORS = ["torch.inference_mode()"]
 
-_parsed = {}  # the fixed= and check= fingerprints read the same method: parse it once
-
-
-def method_source(function):
-    """(decorators, body) of `function`'s def, normalised by ``ast.unparse``; docstring dropped."""
-    if function not in _parsed:
-        _parsed[function] = _parse(function)
-    return _parsed[function]
-
-
-def _parse(function):
-    import ast
-    import inspect
-    import textwrap
-
-    node = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        raise TypeError(f"{function!r} is not defined by a def statement")
-    body = node.body
-    first = body[0] if body else None
-    if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)):
-        body = body[1:]
-    return ([ast.unparse(d) for d in node.decorator_list],
-            "\n".join(ast.unparse(statement) for statement in body))
-
-
 def _foreign_wrapper(original):
     """Why `original` is not vLLM's own ``@torch.inference_mode()`` function, or None."""
     import types
@@ -127,7 +101,7 @@ def _source_or_none(original):
     if _foreign_wrapper(original) is not None:
         return None
     try:
-        return method_source(original)
+        return function_source(original)
     except (OSError, TypeError, SyntaxError):
         return None
 
@@ -147,7 +121,7 @@ def _check(shape):
         if foreign is not None:
             return foreign
         try:
-            decorators, body = method_source(original)
+            decorators, body = function_source(original)
         except (OSError, TypeError, SyntaxError) as exc:
             return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
         if body != BUGGY_BODIES[shape]:

@@ -31,6 +31,7 @@ source build after vllm#44814, a vendor backport) is reported ``not-needed`` (``
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.source import function_source
 
 #: ``ast.unparse`` of the function body (docstring dropped) in the affected releases.
 BUGGY_BODIES = {
@@ -47,32 +48,6 @@ return (counter.copied_numel, return_value)""",
 
 PARAMS = ("weight_loader", "args")
 
-_bodies = {}  # the fixed= and check= fingerprints of both targets read the same function
-
-
-def function_body(function):
-    """The body of `function` (docstring dropped) normalised by ``ast.unparse``."""
-    if function not in _bodies:
-        _bodies[function] = _parse_body(function)
-    return _bodies[function]
-
-
-def _parse_body(function):
-    import ast
-    import inspect
-    import textwrap
-
-    node = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        raise TypeError(f"{function!r} is not defined by a def statement")
-    body = node.body
-    first = body[0] if body else None
-    if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-            and isinstance(first.value.value, str)):
-        body = body[1:]
-    return "\n".join(ast.unparse(statement) for statement in body)
-
-
 def _caps_with_min(body):
     """Whether the body caps its count with ``min(...)`` (the vLLM 0.24.0 fix)."""
     import ast
@@ -88,7 +63,7 @@ def fixed_body(original):
     if hasattr(original, "__wrapped__"):
         return None
     try:
-        body = function_body(original)
+        body = function_source(original)[1]
     except (OSError, TypeError, SyntaxError):
         return None
     if body not in BUGGY_BODIES.values() and _caps_with_min(body):
@@ -102,7 +77,7 @@ def check_body(original):
         return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
                 "our cap would sit on top of an unknown count")
     try:
-        body = function_body(original)
+        body = function_source(original)[1]
     except (OSError, TypeError, SyntaxError) as exc:
         return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
     if body in BUGGY_BODIES.values():

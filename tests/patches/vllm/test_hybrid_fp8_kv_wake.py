@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 import compat_patches
+from compat_patches.core.source import function_source
 
 pytest.importorskip("torch")
 
@@ -396,7 +397,7 @@ def test_fixed_release_is_the_oracle():
 
     installed = _module().GPUModelRunner.__dict__["init_fp8_kv_scales"]
     copy = _exec_method(textwrap.dedent(INIT_FP8_KV_SCALES_0_27_0), f"<{NAME}-oracle>")
-    assert mod.method_source(installed) == mod.method_source(copy)
+    assert function_source(installed) == function_source(copy)
     for hybrid in (True, False):
         runner = _runner(hybrid=hybrid)
         before = _state(runner)
