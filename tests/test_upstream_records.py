@@ -160,7 +160,9 @@ def test_the_two_modes_fail_what_they_must(pytester, record):
         def test_around_that_fails():
             assert False
     """)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    # a fresh interpreter: in-process, pytester drops the modules a run imported, and the next
+    # record's run would import transformers (and numpy) a second time in this process
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()
     if not_affected_because(record)[0] is None:
         # [unpatched]: a regression test that passes is an XPASS(strict) failure, one failing with
