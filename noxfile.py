@@ -38,14 +38,19 @@ class VersionSet(NamedTuple):
 QUICK, FULL = ["quick", "full"], ["full"]
 COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
 UPSTREAM_RECORDS = "tests/test_upstream_records.py"  # every record's upstream_tests exist
-PEFT = ["tests/patches/peft", "tests/upstream/peft", *COMMON]
+# The generated contract is the costliest test (a fresh process per ordering); a library's sets prove
+# its own records' contracts, the transformers sets every transformers record's.
+# transformers-stale-loss-kwargs unwraps PEFT models as Trainer does: proved where peft is installed
+STALE_LOSS_PEFT = ("tests/patches/transformers/test_stale_loss_kwargs.py"
+                   "::test_a_peft_wrapped_model_is_unwrapped_as_trainer_does")
+PEFT = ["tests/patches/peft", "tests/upstream/peft", STALE_LOSS_PEFT, *COMMON, "--contract-libraries=peft"]
 # peft 0.16-0.17 cannot import under transformers 5 without the patch: PEFT's own tests cannot be
-# collected, and transformers.trainer (which imports peft) cannot be imported by a contract child that
-# applies only transformers-gemma-loss-kwargs: its contract runs in the transformers sets instead.
-PEFT_IMPORT = ["tests/patches/peft", *COMMON, "-k", "not gemma-loss-kwargs"]
+# collected (and transformers.trainer, which imports peft, cannot be imported by a contract child
+# that applies only a transformers record: those run in the transformers sets).
+PEFT_IMPORT = ["tests/patches/peft", *COMMON, "--contract-libraries=peft"]
 TRANSFORMERS = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
-        UPSTREAM_RECORDS, *COMMON]
+        UPSTREAM_RECORDS, *COMMON, "--contract-libraries=verl"]
 LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", "tests/test_packed_samples.py", UPSTREAM_RECORDS,
                  "tests/test_distributed_sync.py", *COMMON]
 # the report command with transformers but no torch (its banner must stay off stdout)
@@ -56,7 +61,8 @@ VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", 
                 "pyarrow", "pillow", "codetiming", "orjson"]
 
 
-VLLM = ["tests/patches/vllm", "tests/upstream/vllm", "tests/test_vllm_plugin.py", *COMMON]
+VLLM = ["tests/patches/vllm", "tests/upstream/vllm", "tests/test_vllm_plugin.py", *COMMON,
+        "--contract-libraries=vllm"]
 VLLM_QUICK = ("0.18.0", "0.33.0")  # affected (and vLLM's own plugin loader); newest (method removed)
 VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.20.2", "0.21.0",
                  "0.22.0", "0.22.1", "0.23.0", "0.24.0", "0.25.0", "0.25.1", "0.26.0", "0.27.0",
@@ -104,7 +110,8 @@ VERSION_SETS = {
     "transformers-5.9.0": transformers("5.9.0", QUICK, torch=False, extra=[REPORT_COMMAND]),
     **{f"transformers-{v}": transformers(v, FULL)
        for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
-                 "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.20.0", "5.21.1", "5.22.0", "5.23.0")},
+                 "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.16.1", "5.17.0", "5.20.0", "5.21.1", "5.22.0",
+                 "5.23.0")},
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
     "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours

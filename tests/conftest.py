@@ -23,6 +23,35 @@ def requirement_problem(ranges):
     return None
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--contract-libraries", default=None, metavar="LIB[,LIB]",
+        help="run the generated contract (test_contract) only for records that fix these libraries "
+             "(the first library of each record's `affected`); the matrix passes it where the other "
+             "records' contracts already run in their own library's sets. Default: every record.")
+
+
+def pytest_collection_modifyitems(config, items):
+    option = config.getoption("--contract-libraries")
+    if option is None:
+        return
+    libraries = {name.strip() for name in option.split(",")}
+    manager = compat_patches._default_manager()
+    library = {name: next(iter(manager.get(name).affected)) for name in compat_patches.patch_names()}
+    known = set(library.values())
+    if not libraries or not libraries <= known:
+        raise pytest.UsageError(f"--contract-libraries={option!r}: expected a comma-separated subset of "
+                                f"{sorted(known)}")
+    keep, drop = [], []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        name = spec.params.get("name") if spec is not None and item.originalname == "test_contract" else None
+        (drop if name in library and library[name] not in libraries else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_runtest_setup(item):
     for marker in item.iter_markers("requires"):
         problem = requirement_problem(marker.kwargs)

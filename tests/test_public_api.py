@@ -15,7 +15,7 @@ NAMES = ("transformers-rope-ignore-keys", "peft-moe-regex-targets", "vllm-ascend
          "fsdp-packed-experts", "vllm-fused-expert-kwargs", "transformers-byte-level-tokenizer",
          "transformers-missing-weights-init", "transformers-vl-processor-ragged-batch",
          "transformers-gpt-oss-num-experts", "transformers-gdn-packed-samples",
-         "transformers-mamba2-packed-samples", "transformers-gemma-loss-kwargs",
+         "transformers-mamba2-packed-samples", "transformers-stale-loss-kwargs",
          "transformers-trainer-token-count", "peft-hybrid-cache-import", "peft-shared-expert-targets",
          "vllm-layerwise-reload-numel", "vllm-hybrid-fp8-kv-wake", "vllm-moe-reprocess-storage",
          "vllm-flashinfer-moe-layout")

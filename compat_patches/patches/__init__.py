@@ -5,11 +5,11 @@ from .peft import hybrid_cache_import, moe_regex_targets, shared_expert_targets
 from .transformers import (
     byte_level_tokenizer,
     gdn_packed_samples,
-    gemma_loss_kwargs,
     gpt_oss_num_experts,
     mamba2_packed_samples,
     missing_weights_init,
     rope_ignore_keys,
+    stale_loss_kwargs,
     trainer_token_count,
     vl_processor_ragged_batch,
 )
@@ -35,7 +35,7 @@ ALL_PATCHES = (
     gpt_oss_num_experts.PATCH,
     gdn_packed_samples.PATCH,
     mamba2_packed_samples.PATCH,
-    gemma_loss_kwargs.PATCH,
+    stale_loss_kwargs.PATCH,
     trainer_token_count.PATCH,
     hybrid_cache_import.PATCH,
     shared_expert_targets.PATCH,

@@ -48,3 +48,36 @@ def test_the_child_sees_this_process_environment(fake_path, monkeypatch):
     monkeypatch.setenv("COMPAT_PATCHES_DISABLE", "fake-contract")
     result = run_ordering("fake-contract", ("import", "apply"), "fake_records:make_manager", fake_path)
     assert result == {"skip": "fake-contract is disabled here: listed in COMPAT_PATCHES_DISABLE"}
+
+
+def _collect(*options):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q",
+                           "tests/test_contract.py", *options], cwd=root, capture_output=True, text=True)
+
+
+def test_contract_libraries_option_deselects_other_libraries_contracts():
+    """The matrix's --contract-libraries: only test_contract items of other libraries' records go."""
+    import compat_patches
+
+    every = _collect()
+    only_vllm = _collect("--contract-libraries=vllm")
+    assert every.returncode == only_vllm.returncode == 0, (every.stdout[-2000:], only_vllm.stdout[-2000:])
+    ids = [line for line in only_vllm.stdout.splitlines() if "::" in line]
+    contract = [line for line in ids if "::test_contract[" in line]
+    assert contract and all("vllm-" in line and "vllm-ascend" not in line for line in contract)
+    names = compat_patches.patch_names()
+    # every record keeps its other (cheap) tests
+    assert all(any(f"[{name}]" in line for line in ids) for name in names)
+    assert "deselected" in only_vllm.stdout
+    assert len(ids) < len([line for line in every.stdout.splitlines() if "::" in line])
+
+
+@pytest.mark.parametrize("value", ["", "vllm,typo", "transformer"])
+def test_contract_libraries_option_rejects_unknown_libraries(value):
+    result = _collect(f"--contract-libraries={value}")
+    assert result.returncode == 4, result.stdout[-2000:]
+    assert "--contract-libraries" in result.stdout + result.stderr

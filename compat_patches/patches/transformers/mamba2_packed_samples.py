@@ -232,7 +232,7 @@ def _importable(name):
 
 def _kernels_take_seq_idx(wrapped, instance, hidden_states):
     """Whether this call reaches mamba_ssm / causal_conv1d CUDA kernels that take ``seq_idx``
-    (unconfirmed here: no GPU; see the docs page)."""
+    (confirmed on an H200 with transformers 5.17; the <= 5.14 route is not run on a GPU)."""
     if not hidden_states.is_cuda:
         return False
     cuda_forward = getattr(type(instance), "cuda_kernels_forward", None)
@@ -532,6 +532,7 @@ PATCH = Patch(
     targets=_targets(),
     notes="Packed rows need use_cache=False (transformers builds the block-diagonal attention mask only "
           "without a cache, for every model); a packed prefill leaves no Mamba state in a cache. The "
-          "CUDA-kernel route (seq_idx instead of per-sample runs) is unconfirmed on a GPU; "
+          "CUDA-kernel route (seq_idx instead of per-sample runs) is confirmed on a GPU from 5.15 only "
+          "(benchmarks/results/packed_mamba2_gpu.md); "
           "GraniteMoeHybrid attention under flash_attention_2 is not covered.",
 )

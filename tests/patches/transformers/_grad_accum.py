@@ -1,6 +1,6 @@
 """A real `transformers.Trainer` step under gradient accumulation, against the token-mean gradient.
 
-Shared by test_trainer_token_count.py and test_gemma_loss_kwargs.py. One optimizer step of a tiny
+Shared by test_trainer_token_count.py and test_stale_loss_kwargs.py. One optimizer step of a tiny
 model built from a config (random weights, CPU, no hub): per_device_train_batch_size=1,
 gradient_accumulation_steps=2, so the step accumulates two micro-batches with unequal numbers of
 target tokens. The gradient Trainer accumulated (read in `on_pre_optimizer_step`, before the
@@ -128,3 +128,13 @@ def measure(build, examples, extra=None, after_init=None):
     got, trainer, accelerate_steps = trainer_gradient(model, examples, extra, after_init)
     ratio, error = compare(got, reference)
     return {"ratio": ratio, "error": error, "trainer": trainer, "accelerate_steps": accelerate_steps}
+
+
+def trainer_only(build):
+    """A Trainer around a fresh model, not trained: what Trainer.__init__ decided."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as folder:
+        args = TrainingArguments(output_dir=folder, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                                 report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+        return Trainer(model=build(), args=args)
