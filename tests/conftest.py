@@ -26,9 +26,9 @@ def requirement_problem(ranges):
 def pytest_addoption(parser):
     parser.addoption(
         "--contract-libraries", default=None, metavar="LIB[,LIB]",
-        help="run the generated contract (test_contract) only for records that fix these libraries "
-             "(the first library of each record's `affected`); the matrix passes it where the other "
-             "records' contracts already run in their own library's sets. Default: every record.")
+        help="run the generated contract tests (tests/test_contract.py) only for records that fix these "
+             "libraries (the first library of each record's `affected`); the matrix passes it where the "
+             "other records' contracts already run in their own library's sets. Default: every record.")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,7 +45,8 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         spec = getattr(item, "callspec", None)
-        name = spec.params.get("name") if spec is not None and item.originalname == "test_contract" else None
+        in_contract = item.nodeid.split("::")[0].endswith("tests/test_contract.py")
+        name = spec.params.get("name") if spec is not None and in_contract else None
         (drop if name in library and library[name] not in libraries else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -23,26 +23,6 @@ AFFECTED = ">=0.11.0.dev0,<0.22.0"
 CHILD = textwrap.dedent(r'''
     import json, sys
 
-    def cpu_torchvision():
-        # PyPI torchvision links CUDA libtorch; with the CPU torch its _C fails to load and
-        # _meta_registrations fails on the missing op schemas: define them (test env only).
-        try:
-            import torchvision  # noqa
-            return
-        except ModuleNotFoundError:
-            return
-        except RuntimeError as exc:
-            if "torchvision::" not in str(exc):
-                raise
-        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[key]
-        import torch
-        global LIB
-        LIB = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            LIB.define(op + "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision  # noqa
-
     import vllm.plugins
     import compat_patches
 
@@ -55,7 +35,6 @@ CHILD = textwrap.dedent(r'''
 
     if IMPORT_MODELS:
         import importlib
-        cpu_torchvision()
         module = importlib.import_module("vllm.model_executor.models.qwen3_vl_moe")
         cls = module.Qwen3MoeLLMModel
         out["after_import"] = compat_patches.report()[NAME].status

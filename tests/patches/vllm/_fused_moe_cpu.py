@@ -24,39 +24,12 @@ ORACLE_MODULE = "vllm.model_executor.layers.fused_moe.oracle.unquantized"
 E, H, I_FULL = 4, 8, 12   # experts, hidden size, full intermediate size (I_tp = I_FULL // tp)
 
 
-_TV_LIB = []
-
-
-def _cpu_torchvision():
-    """Make PyPI torchvision importable next to the CPU-only torch (as in
-    test_fused_expert_kwargs): define the two op schemas its meta registrations need."""
-    import sys
-
-    try:
-        import torchvision  # noqa: F401
-        return
-    except ModuleNotFoundError:
-        return
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
-            raise
-    for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-        del sys.modules[key]
-    if not _TV_LIB:
-        _TV_LIB.append(torch.library.Library("torchvision", "DEF"))
-        for op in ("nms", "qnms"):
-            _TV_LIB[0].define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import torchvision  # noqa: F401
-
-
 def method_module():
-    _cpu_torchvision()
     return importlib.import_module(METHOD_MODULE)
 
 
 def layer_class():
     """The layer class that owns ``weight_loader`` in this release."""
-    _cpu_torchvision()
     for module_name, class_name in (
         ("vllm.model_executor.layers.fused_moe.routed_experts", "RoutedExperts"),
         ("vllm.model_executor.layers.fused_moe.layer", "FusedMoE"),
@@ -72,7 +45,6 @@ def layer_class():
 
 
 def backend(name):
-    _cpu_torchvision()
     oracle = importlib.import_module(ORACLE_MODULE)
     return getattr(oracle.UnquantizedMoeBackend, name)
 

@@ -15,7 +15,6 @@ On fixed releases (0.22.0 and newer) the patch reports not-needed and touches no
 """
 
 import importlib
-import sys
 
 import pytest
 
@@ -33,49 +32,8 @@ CLASS_IDS = [cls for _, cls in CLASSES]
 NUM_EXPERTS = 4
 
 
-# --------------------------------------------------------------------------------------------
-# CPU import of vLLM's model modules
-# --------------------------------------------------------------------------------------------
-_TV_LIB = None
-
-
-def _cpu_torchvision():
-    """Make PyPI torchvision importable next to a CPU-only torch (test environment only).
-
-    vLLM's Qwen-VL modules import transformers' video processors, which import torchvision. The
-    PyPI torchvision wheel links CUDA libtorch, so with the CPU torch its `_C` extension does not
-    load and `torchvision/_meta_registrations.py` then fails on `register_fake("torchvision::nms")`
-    ("operator torchvision::nms does not exist"). Defining the two op schemas it registers fakes
-    for lets the pure-Python part (transforms, which is all that is used here) import. Nothing is
-    done when torchvision imports by itself.
-    """
-    global _TV_LIB
-    try:
-        import torchvision  # noqa: F401
-        return
-    except ModuleNotFoundError:
-        return  # not installed: the vLLM import reports what is missing
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
-            raise
-    for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-        del sys.modules[key]
-    import torch
-
-    if _TV_LIB is None:
-        _TV_LIB = torch.library.Library("torchvision", "DEF")
-        for op in ("nms", "qnms"):
-            _TV_LIB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import torchvision  # noqa: F401
-
-
-def _import(module_name):
-    _cpu_torchvision()
-    return importlib.import_module(module_name)
-
-
 def _real_class(module_name, class_name):
-    return getattr(_import(module_name), class_name)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +188,7 @@ def test_applied_once_every_target_module_is_imported():
     expected = [p for p in compat_patches.get_patch(NAME).targets
                 if p.versions is None or in_range(installed_version("vllm"), p.versions)]
     for target in expected:
-        _import(target.module)
+        importlib.import_module(target.module)
     with compat_patches.patched(NAME) as report:
         entry = report[NAME]
         assert entry.status == "applied", entry
@@ -255,7 +213,7 @@ def test_fingerprint_matches_the_installed_release():
 def test_foreign_wrapper_underneath_is_reported_not_bypassed():
     import wrapt
 
-    module = _import("vllm.model_executor.models.qwen3_vl_moe")
+    module = importlib.import_module("vllm.model_executor.models.qwen3_vl_moe")
     attribute = "Qwen3MoeLLMModel.load_fused_expert_weights"
 
     def spy(wrapped, instance, args, kwargs):
@@ -324,7 +282,7 @@ def test_not_needed_on_fixed_releases():
     assert entry.status == "not-needed", entry
     assert "0.22.0" in entry.reason
     for module_name, class_name in CLASSES:
-        _import(module_name)
+        importlib.import_module(module_name)
     with compat_patches.patched(NAME) as report:
         assert report[NAME].status == "not-needed"
         assert NAME not in compat_patches._default_manager().active_names()
@@ -338,7 +296,7 @@ def test_a_build_inside_the_range_that_has_the_fix_reports_not_needed():
     from compat_patches.patches.vllm.fused_expert_kwargs import PATCH
 
     for module_name, _ in CLASSES:
-        _import(module_name)
+        importlib.import_module(module_name)
     before = [getattr(_real_class(m, c), "load_fused_expert_weights") for m, c in CLASSES]
     manager = PatchManager([PATCH], version_of=lambda dist: "0.21.1.dev3" if dist == "vllm"
                            else installed_version(dist))
