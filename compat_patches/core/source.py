@@ -12,6 +12,34 @@ def function_source(function):
     return _parsed[function]
 
 
+def wrapper_reason(original, consequence):
+    """Why `original` cannot be patched as the function it wraps (someone's wrapper, recognised by
+    ``__wrapped__``; `consequence` says what patching under it would do), or None."""
+    if not hasattr(original, "__wrapped__"):
+        return None
+    return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
+            f"{consequence}")
+
+
+def unreadable(exc):
+    """The drift reason for a source that could not be read (`exc` from reading it)."""
+    return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
+
+
+def fingerprint(original, consequence, own_wrapper=None):
+    """``(function_source(original), None)``, or ``(None, why not)`` where `original` is someone's
+    wrapper (`own_wrapper(original)` True: the library's own decorator, read through) or its source
+    cannot be read: what a record's ``check=`` reports and its ``fixed=`` reads."""
+    if own_wrapper is None or not own_wrapper(original):
+        reason = wrapper_reason(original, consequence)
+        if reason is not None:
+            return None, reason
+    try:
+        return function_source(original), None
+    except (OSError, TypeError, SyntaxError) as exc:
+        return None, unreadable(exc)
+
+
 def _parse(function):
     import ast
     import inspect

@@ -46,7 +46,7 @@ drift rather than silently bypassed.
 """
 
 from compat_patches.core import Patch, Target
-from compat_patches.core.source import function_source
+from compat_patches.core.source import fingerprint
 
 #: The method body (docstring excluded) in every affected release, as ``ast.unparse`` prints it.
 BUGGY_BODY = """\
@@ -67,33 +67,22 @@ FIXED_BODY = BUGGY_BODY.replace("name, shard_id, expert_id, return_success",
 PARAMS = ("self", "name", "params_dict", "loaded_weight", "shard_id", "num_experts")
 
 
-def _body_or_none(original):
-    if hasattr(original, "__wrapped__"):
-        return None
-    try:
-        return function_source(original)[1]
-    except (OSError, TypeError, SyntaxError):
-        return None
+_BYPASS = "substituting the body would bypass that wrapper"
 
 
 def fixed_body(original):
     """Why `original` already carries the upstream fix (a source build or a backport), or None."""
-    if _body_or_none(original) == FIXED_BODY:
+    source, _ = fingerprint(original, _BYPASS)
+    if source is not None and source[1] == FIXED_BODY:
         return "passes shard_id/expert_id by keyword already (the vLLM 0.22.0 body)"
     return None
 
 
 def check_body(original):
     """Drift reason, or None when `original` is the buggy 0.11 - 0.21 method exactly."""
-    if hasattr(original, "__wrapped__"):
-        return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
-                "substituting the body would bypass that wrapper")
-    try:
-        body = function_source(original)[1]
-    except (OSError, TypeError, SyntaxError) as exc:
-        return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
-    if body == BUGGY_BODY:
-        return None
+    source, reason = fingerprint(original, _BYPASS)
+    if reason is not None or source[1] == BUGGY_BODY:
+        return reason
     return "body differs from the vLLM 0.11 - 0.21 load_fused_expert_weights it was written for"
 
 

@@ -28,7 +28,7 @@ a proxy ``self`` would let a stand-in object reach vLLM code.
 import sys
 
 from compat_patches.core import Patch, Target
-from compat_patches.core.source import function_source
+from compat_patches.core.source import fingerprint
 
 _MODULE = "vllm.v1.worker.gpu_model_runner"
 
@@ -83,32 +83,21 @@ FIXED_BODIES = {shape: guard + _FIXED_LOOP + _SCALES for shape, guard in GUARDS.
 
 DECORATORS = ["torch.inference_mode()"]
 
-def _foreign_wrapper(original):
-    """Why `original` is not vLLM's own ``@torch.inference_mode()`` function, or None."""
+_BYPASS = "substituting the body would bypass that wrapper"
+
+
+def _torch_decorator(original):
+    """vLLM's own ``@torch.inference_mode()``: torch's context-manager decorator, as released."""
     import types
 
-    if not hasattr(original, "__wrapped__"):
-        return None  # undecorated: the decorator fingerprint reports it
     code = getattr(original, "__code__", None)
-    if (type(original) is types.FunctionType and code is not None
-            and code.co_name == "decorate_context" and "torch" in code.co_filename):
-        return None  # torch's context-manager decorator, as released
-    return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
-            "substituting the body would bypass that wrapper")
-
-
-def _source_or_none(original):
-    if _foreign_wrapper(original) is not None:
-        return None
-    try:
-        return function_source(original)
-    except (OSError, TypeError, SyntaxError):
-        return None
+    return (type(original) is types.FunctionType and code is not None
+            and code.co_name == "decorate_context" and "torch" in code.co_filename)
 
 
 def fixed_method(original):
     """Why `original` already zeroes list entries (a source build or a backport), or None."""
-    found = _source_or_none(original)
+    found, _ = fingerprint(original, _BYPASS, own_wrapper=_torch_decorator)
     if found is not None and found[1] in FIXED_BODIES.values():
         return "zeroes every tensor of a list entry already (vllm#41602, vLLM 0.27.0)"
     return None
@@ -117,13 +106,10 @@ def fixed_method(original):
 def _check(shape):
     def check_method(original):
         """Drift reason, or None when `original` is the buggy method of this shape exactly."""
-        foreign = _foreign_wrapper(original)
-        if foreign is not None:
-            return foreign
-        try:
-            decorators, body = function_source(original)
-        except (OSError, TypeError, SyntaxError) as exc:
-            return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
+        found, reason = fingerprint(original, _BYPASS, own_wrapper=_torch_decorator)
+        if reason is not None:
+            return reason
+        decorators, body = found
         if body != BUGGY_BODIES[shape]:
             return (f"body differs from the init_fp8_kv_scales ({shape} guard) it was written for")
         if decorators != DECORATORS:

@@ -31,7 +31,7 @@ source build after vllm#44814, a vendor backport) is reported ``not-needed`` (``
 """
 
 from compat_patches.core import Patch, Target
-from compat_patches.core.source import function_source
+from compat_patches.core.source import fingerprint
 
 #: ``ast.unparse`` of the function body (docstring dropped) in the affected releases.
 BUGGY_BODIES = {
@@ -58,30 +58,22 @@ def _caps_with_min(body):
     return False
 
 
+_ON_TOP = "our cap would sit on top of an unknown count"
+
+
 def fixed_body(original):
     """Why `original` already carries the upstream fix, or None."""
-    if hasattr(original, "__wrapped__"):
-        return None
-    try:
-        body = function_source(original)[1]
-    except (OSError, TypeError, SyntaxError):
-        return None
-    if body not in BUGGY_BODIES.values() and _caps_with_min(body):
+    source, _ = fingerprint(original, _ON_TOP)
+    if source is not None and source[1] not in BUGGY_BODIES.values() and _caps_with_min(source[1]):
         return "caps the copied count with min(...) already (vllm#44814, vLLM 0.24.0)"
     return None
 
 
 def check_body(original):
     """Drift reason, or None when `original` is one of the two buggy bodies exactly."""
-    if hasattr(original, "__wrapped__"):
-        return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
-                "our cap would sit on top of an unknown count")
-    try:
-        body = function_source(original)[1]
-    except (OSError, TypeError, SyntaxError) as exc:
-        return f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})"
-    if body in BUGGY_BODIES.values():
-        return None
+    source, reason = fingerprint(original, _ON_TOP)
+    if reason is not None or source[1] in BUGGY_BODIES.values():
+        return reason
     return "body differs from the vLLM 0.16.0 - 0.23.0 get_numel_loaded it was written for"
 
 

@@ -26,6 +26,7 @@ AITER code; no release in range reads it), which the patch does not set.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.source import unreadable, wrapper_reason
 
 PARAMS = ("self", "layer", "w13", "w2")
 _KERNEL_ATTRS = ("moe_kernel", "kernel")
@@ -48,8 +49,7 @@ def _read(original):
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError) as exc:
-        result = (None, f"source unavailable for the fingerprint ({type(exc).__name__}: {exc})",
-                  None)
+        result = (None, unreadable(exc), None)
         _facts[function] = result
         return result
     calls, replaced, kernel_attr, prefer_copy = set(), set(), None, False
@@ -90,10 +90,8 @@ def _read(original):
 
 def check_setup_kernel(original):
     """Drift reason, or None when ``original`` is the 0.15 - 0.20 ``_setup_kernel``."""
-    if hasattr(original, "__wrapped__"):
-        return (f"already wrapped by {type(original).__module__}.{type(original).__qualname__}; "
-                "the weight-update path would bypass that wrapper")
-    return _read(original)[1]
+    reason = wrapper_reason(original, "the weight-update path would bypass that wrapper")
+    return reason if reason is not None else _read(original)[1]
 
 
 def fixed_setup_kernel(original):

@@ -12,7 +12,7 @@ VOCAB = 32  # = _grad_accum.VOCAB
 # Special multimodal token ids, all >= 17 and < 32.
 IMG, VID, VSTART, VEND = 20, 21, 22, 23
 
-GEMMA_TEXT = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+GEMMA_TEXT = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64)
 
 
@@ -21,7 +21,7 @@ def gemma4():
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
     torch.manual_seed(0)
-    text = dict(GEMMA_TEXT, vocab_size_per_layer_input=32, hidden_size_per_layer_input=4)
+    text = dict(GEMMA_TEXT, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=4)
     return Gemma4ForConditionalGeneration(Gemma4Config(text_config=text, vision_config=None, audio_config=None))
 
 
@@ -42,7 +42,7 @@ def gemma3n():
     from transformers.models.gemma3n import modeling_gemma3n
 
     torch.manual_seed(0)
-    text = dict(GEMMA_TEXT, num_hidden_layers=2, vocab_size_per_layer_input=32, hidden_size_per_layer_input=4,
+    text = dict(GEMMA_TEXT, num_hidden_layers=2, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=4,
                 num_kv_shared_layers=0, laurel_rank=4, altup_num_inputs=2,
                 activation_sparsity_pattern=[0.0, 0.0], layer_types=["full_attention"] * 2)
     auto = modeling_gemma3n.AutoModel
@@ -71,7 +71,7 @@ def qwen2_5_vl():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(0)
     # head_dim = 16 / 2 = 8 -> rotary half-dim 4 = sum(mrope_section)
-    text = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+    text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                 **_mrope())
     vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
@@ -85,7 +85,7 @@ def qwen3_vl():
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     torch.manual_seed(0)
-    text = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+    text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=8, max_position_embeddings=64, pad_token_id=0,
                 **_mrope(mrope_interleaved=True))
     vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16, patch_size=2,
@@ -99,7 +99,7 @@ def qwen3_vl_moe():
     import torch
     from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
     torch.manual_seed(0)
-    text = dict(vocab_size=32, hidden_size=16, intermediate_size=32, moe_intermediate_size=16, num_experts=4,
+    text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, moe_intermediate_size=16, num_experts=4,
                 num_experts_per_tok=2, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
                 max_position_embeddings=64, pad_token_id=0,
                 **_mrope(mrope_interleaved=True))
@@ -113,7 +113,7 @@ def qwen3_vl_moe():
 def _qwen3_5_text(**more):
     # hybrid: layer 0 linear attention, layer 1 full attention (needs at least one full-attention layer).
     # partial_rotary_factor 1.0 (default 0.25): head_dim 8 -> rotary half-dim 4 = sum(mrope_section).
-    return dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+    return dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=8, max_position_embeddings=64, pad_token_id=0,
                 layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=2, linear_key_head_dim=8,
                 linear_value_head_dim=8, linear_num_key_heads=1, linear_num_value_heads=2,
@@ -155,7 +155,7 @@ _GLM_VISION = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, o
 def _glm_text(**more):
     # head_dim = 16 / 2 = 8; partial_rotary_factor 1.0 (GLM-4V-MoE defaults to 0.5) -> rotary half-dim 4
     # = sum(mrope_section).
-    return dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+    return dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                 num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0,
                 **_mrope(partial_rotary_factor=1.0), **more)
 
@@ -221,7 +221,7 @@ def glm_image():
     torch.manual_seed(0)
     # lm_head has vision_vocab_size outputs while the loss is called with vocab_size=text vocab: both 32.
     # pad/eos defaults (167841/16385) moved below 32; image start/end ids (defaults 16384/16385) -> 24/25.
-    text = _glm_text(vision_vocab_size=32, eos_token_id=2)
+    text = _glm_text(vision_vocab_size=VOCAB, eos_token_id=2)
     vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=2, image_size=8)
     vq = dict(embed_dim=8, num_embeddings=32, latent_channels=16)
     return GlmImageForConditionalGeneration(GlmImageConfig(
@@ -235,7 +235,7 @@ def ernie4_5_vl_moe():
     torch.manual_seed(0)
     # head_dim 8 -> rotary half-dim 4 = sum(mrope_section); Ernie pairs the h and w sections: they must be equal.
     # 2 layers: dense then sparse (text + vision experts; text-only input routes to the text experts).
-    text = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+    text = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                 moe_intermediate_size=[16, 16], moe_k=2, moe_num_experts=4, moe_num_shared_experts=1,
                 mlp_layer_types=["dense", "sparse"], **_mrope())
