@@ -52,7 +52,10 @@ TRANSFORMERS = ["tests/patches/transformers", "tests/upstream/transformers", UPS
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
         UPSTREAM_RECORDS, *COMMON, "--contract-libraries=verl"]
 LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", "tests/test_packed_samples.py", UPSTREAM_RECORDS,
-                 "tests/test_distributed_sync.py", *COMMON]
+                 "tests/test_distributed_sync.py", "tests/core/test_compile.py", "tests/test_audit.py", *COMMON]
+# transformers' own common model tests (ModelTesterMixin from the release's sdist) against every model
+# the packed-samples records wrap, patched and unpatched
+MODELING_COMMON = ["tests/test_modeling_common_harness.py"]
 # the report command with transformers but no torch (its banner must stay off stdout)
 REPORT_COMMAND = "tests/test_report_command.py"
 # What verl's modules import (its declared requirements pull wandb, tensorboard, full Ray, torchdata).
@@ -95,8 +98,11 @@ def vllm(version):
 VERSION_SETS = {
     "core": VersionSet([], False, QUICK),
     "wrapt-2.4.0": VersionSet(["wrapt==2.4.0"], False, QUICK, ["tests/core", *COMMON]),  # setup.cfg's floor
-    # newest transformers: oracles of the tensor helpers, not-needed checks, vllm-ascend sources (ast)
-    "transformers-5.24.0": VersionSet(["transformers==5.24.0", "accelerate"], True, QUICK, LIBRARY_TESTS),
+    # newest transformers: oracles of the tensor helpers, not-needed checks, vllm-ascend sources (ast),
+    # the audit of uncovered classes (tools/audit.py)
+    "transformers-5.25.0": VersionSet(["transformers==5.25.0", "accelerate", "pillow"], True, QUICK, LIBRARY_TESTS),
+    "transformers-5.25.0-modeling-common": VersionSet(
+        ["transformers==5.25.0", "accelerate", "parameterized", "pytest-timeout"], True, QUICK, MODELING_COMMON),
     # transformers records, each range measured on every 5.x release (docs/patches/transformers-*):
     # rope = rope-ignore-keys, tok = byte-level-tokenizer, init = missing-weights-init,
     # vl = vl-processor-ragged-batch, gpt = gpt-oss-num-experts
@@ -111,7 +117,7 @@ VERSION_SETS = {
     **{f"transformers-{v}": transformers(v, FULL)
        for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
                  "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.16.1", "5.17.0", "5.20.0", "5.21.1", "5.22.0",
-                 "5.23.0")},
+                 "5.23.0", "5.24.0")},
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
     "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours
@@ -172,9 +178,11 @@ def matrix(session, set):
     session.install("-e", ".")
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     REPORTS.mkdir(parents=True, exist_ok=True)
+    # quick sets leave out the tests marked slow (inductor compiles): the full-only sets run them
+    quick = ["-m", "not slow"] if "quick" in spec.tags and not session.posargs else []
     # pytest's exit 5 (no test collected) is a failure here, as any code but 0.
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / set}.xml",
-                *(session.posargs or spec.tests))
+                *quick, *(session.posargs or spec.tests))
 
 
 @nox.session

@@ -3,13 +3,17 @@
 Trainers pack several samples into one row (verl, ms-swift, TRL, LlamaFactory, axolotl) and mark the
 boundaries the way attention already understands: ``position_ids`` restarting at 0 for each sample
 (on 5.9+ also ``cu_seq_lens_q``). Recurrent mixers (GatedDeltaNet, Mamba2) need the same boundaries
-and never get them. The records derive them here, once per forward, from what the decoder layer
-receives, and hand them to the mixer through a context variable (below transformers 5.9 the layer's
+and never get them. The records derive them here from what the model and its decoder layers
+receive, and hand them to the mixer through a context variable (below transformers 5.9 the layer's
 keyword arguments do not reach the mixer).
 
-* A decoder-layer wrapper calls ``carrying(position_ids=..., attention_mask=..., cu_seq_lens=...)``
-  around the original layer. Nothing is computed there: gradient-checkpoint recomputation runs the
-  layer again with the same arguments, so the boundaries are there in backward too.
+* The model forward's wrapper calls ``call_model(...)``: the scope in which its layers share one
+  resolution of the boundaries (never carried into the next forward, whose ids may sit in the same
+  refilled buffer), and where a packed batch's padding-only-at-the-end attention mask is dropped so
+  that the attention layers keep the samples apart too.
+* A decoder-layer wrapper calls ``call_layer(...)`` around the original layer: the boundaries it
+  received, resolved at most once, are carried for the mixers it calls, into gradient-checkpoint
+  recomputation too, and checkpointing stays on.
 * The mixer wrapper calls ``current()``: ``None`` (unpacked, no boundaries, or generation with a
   cache: the caller decides) means "run the original code, untouched"; else a :class:`Packing`.
 
@@ -127,13 +131,15 @@ def from_cu_seqlens(cu_seqlens, seq_len):
 
 
 class _Source:
-    """What a decoder layer received; resolved to a Packing only when a mixer asks."""
+    """What a decoder layer (or the model forward) received; resolved to a Packing when first asked,
+    at most once."""
 
-    __slots__ = ("position_ids", "attention_mask", "cu_seq_lens", "_resolved")
+    __slots__ = ("position_ids", "attention_mask", "cu_seq_lens", "_resolved", "reached")
 
     def __init__(self, position_ids, attention_mask, cu_seq_lens):
         self.position_ids, self.attention_mask, self.cu_seq_lens = position_ids, attention_mask, cu_seq_lens
         self._resolved = None
+        self.reached = False  # a mixer wrapper of ours ran with these boundaries
 
     def packing(self, seq_len):
         if self._resolved is None:
@@ -147,32 +153,62 @@ class _Source:
         return self._resolved[0]
 
 
-_last = (None, None)  # (source key, _Source): one forward's layers share the resolved boundaries
+class _Forward:
+    """One model forward: the sources its layers share (one resolution per forward, never beyond:
+    a collator may refill the same position_ids buffer for the next batch) and, if its rows are
+    packed, its position_ids (for the models whose layers or masks do not get them)."""
+
+    __slots__ = ("sources", "positions")
+
+    def __init__(self):
+        self.sources, self.positions = {}, None
 
 
-def _source(position_ids, attention_mask, cu_seq_lens):
-    global _last
-    key = (id(position_ids), id(attention_mask), id(cu_seq_lens))
-    last_key, last = _last
-    if last is not None and key == last_key and last.position_ids is position_ids \
-            and last.attention_mask is attention_mask and last.cu_seq_lens is cu_seq_lens:
-        return last
-    source = _Source(position_ids, attention_mask, cu_seq_lens)
-    _last = (key, source)
+_forward = contextvars.ContextVar("compat_patches_packed_forward", default=None)
+
+
+def _layout(tensor):
+    """What identifies a tensor's values inside one forward: the same memory read the same way (a
+    model hands its layers views of the ids it got, e.g. ``ids[None].expand(4, ...)[0]``)."""
+    if tensor is None:
+        return None
+    return (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
+
+
+def source_for(position_ids=None, attention_mask=None, cu_seq_lens=None):
+    """The boundaries a layer received, shared with the other layers of the model forward running
+    now (if any) that received the same ids; None when nothing marks them."""
+    if position_ids is None and cu_seq_lens is None:
+        return None
+    forward = _forward.get()
+    if forward is None:
+        return _Source(position_ids, attention_mask, cu_seq_lens)
+    key = (_layout(position_ids), _layout(cu_seq_lens))
+    source = forward.sources.get(key)
+    if source is None:
+        source = forward.sources[key] = _Source(position_ids, attention_mask, cu_seq_lens)
     return source
 
 
 @contextlib.contextmanager
-def carrying(position_ids=None, attention_mask=None, cu_seq_lens=None):
-    """Make this layer's boundary inputs visible to the mixers it calls (this thread / task only)."""
-    if position_ids is None and cu_seq_lens is None:
-        token = _carried.set(None)
-    else:
-        token = _carried.set(_source(position_ids, attention_mask, cu_seq_lens))
+def _carry(source):
+    token = _carried.set(source)
     try:
         yield
     finally:
         _carried.reset(token)
+
+
+def carrying(position_ids=None, attention_mask=None, cu_seq_lens=None):
+    """Make this layer's boundary inputs visible to the mixers it calls (this thread / task only)."""
+    return _carry(source_for(position_ids, attention_mask, cu_seq_lens))
+
+
+def reached():
+    """Called by a mixer wrapper as it starts: the enclosing layer's mixer runs through the patch."""
+    source = _carried.get()
+    if source is not None:
+        source.reached = True
 
 
 def current(hidden_states):
@@ -181,6 +217,7 @@ def current(hidden_states):
     source = _carried.get()
     if source is None:
         return None
+    source.reached = True
     batch_size, seq_len = hidden_states.shape[:2]
     packing = source.packing(seq_len)
     if packing is None:
@@ -192,6 +229,146 @@ def current(hidden_states):
     return packing
 
 
+def forward_positions():
+    """The position_ids of the model forward running now if its rows are packed, else None."""
+    forward = _forward.get()
+    return None if forward is None else forward.positions
+
+
+# --- calls by name ------------------------------------------------------------------------------
+
+_signatures = {}
+
+
+def call_signature(wrapped):
+    """The signature `wrapped` is called with (a bound method's without its first parameter)."""
+    function = getattr(wrapped, "__func__", wrapped)
+    key = (function, hasattr(wrapped, "__self__"))
+    try:
+        return _signatures[key]
+    except KeyError:
+        import inspect
+
+        signature = inspect.signature(function)
+        if key[1]:
+            signature = signature.replace(parameters=tuple(signature.parameters.values())[1:])
+        _signatures[key] = signature
+        return signature
+
+
+def arguments(wrapped, args, kwargs):
+    """The call's arguments by name (a ``**kwargs`` parameter's entries flattened in)."""
+    signature = call_signature(wrapped)
+    named = dict(signature.bind(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind == parameter.VAR_KEYWORD and name in named:
+            named.update(named.pop(name))
+    return named
+
+
+def _replaced(wrapped, args, kwargs, name, value):
+    """(args, kwargs) of the same call with argument `name` set to `value`."""
+    if name not in kwargs:
+        names = [n for n, p in call_signature(wrapped).parameters.items()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        index = names.index(name) if name in names else len(args)
+        if index < len(args):
+            return args[:index] + (value,) + args[index + 1:], kwargs
+    return args, dict(kwargs, **{name: value})
+
+
+def takes_boundaries(original):
+    """`check=` of a model forward target: it must take attention_mask and position_ids."""
+    import inspect
+
+    names = inspect.signature(original).parameters
+    missing = [name for name in ("attention_mask", "position_ids") if name not in names]
+    return f"its forward takes no {', '.join(missing)}" if missing else None
+
+
+# --- the model forward: one resolution, and the attention mask ---------------------------------
+
+_warned = set()
+
+
+def warn_once(record, model, message):
+    """A RuntimeWarning once per record, model class and message."""
+    key = (record, type(model), message)
+    if key not in _warned:
+        _warned.add(key)
+        import warnings
+
+        warnings.warn(f"{record}: {type(model).__name__}: {message}", RuntimeWarning, stacklevel=4)
+
+
+_CACHE_NAMES = ("cache", "past_key_values", "cache_params")
+WITH_CACHE = ("packed samples (position_ids restarting at 0) with a cache (use_cache is on): "
+              "transformers keeps them apart in attention only without a cache, and a packed row has "
+              "no single state to continue; pass use_cache=False for training forwards")
+UNSORTED_MASK = ("packed samples (position_ids restarting at 0) with an attention_mask that pads before "
+                 "real tokens: transformers then builds the attention mask from it alone, so the "
+                 "attention layers see across the samples (the recurrent layers are kept apart); pass "
+                 "attention_mask=None (position_ids mark the samples) or pad only at the end")
+
+
+def _text_rows(position_ids):
+    """`position_ids` as ``(batch, seq_len)``: 2-D ids, or the text row of 4-row mRoPE ids; None
+    for anything else (3-row mRoPE ids hold no text row)."""
+    if position_ids is None or not hasattr(position_ids, "dim"):
+        return None
+    if position_ids.dim() == 2:
+        return position_ids
+    if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+        return position_ids[0]
+    return None
+
+
+def _with_cache(model, named):
+    if any(named.get(name) is not None for name in _CACHE_NAMES):
+        return True
+    use_cache = named.get("use_cache")
+    if use_cache is None:
+        use_cache = getattr(getattr(model, "config", None), "use_cache", False)
+    return bool(use_cache)
+
+
+def _ends_padded(mask):
+    """Each row real tokens first, padding (if any) only after them."""
+    real = mask.bool()
+    return bool((real[:, 1:] <= real[:, :-1]).all())
+
+
+def call_model(record, wrapped, instance, args, kwargs, run=None):
+    """Run a model forward (``wrapped(*args, **kwargs)``, or ``run(args, kwargs)``) as the scope its
+    layers share their boundaries in. If its rows are packed (and no cache is used): its
+    position_ids are `forward_positions()`, and a 2-D attention_mask that only pads at the end (or
+    pads nothing) is replaced by None, so that transformers builds the block-diagonal causal mask
+    from position_ids as it does without a mask; a mask padding elsewhere is kept, with a warning.
+    Anything else runs unchanged."""
+    named = arguments(wrapped, args, kwargs)
+    forward = _Forward()
+    token = _forward.set(forward)
+    try:
+        rows = _text_rows(named.get("position_ids"))
+        cu_seq_lens = named.get("cu_seq_lens_q")
+        if rows is not None and rows.shape[-1] > 1 and (cu_seq_lens is None or rows.shape[0] == 1):
+            mask = named.get("attention_mask")
+            mask = mask if hasattr(mask, "dim") and mask.dim() == 2 and mask.shape == rows.shape else None
+            packing = source_for(rows, mask, cu_seq_lens).packing(rows.shape[-1])
+            if packing is not None:
+                if _with_cache(instance, named):
+                    warn_once(record, instance, WITH_CACHE)
+                else:
+                    forward.positions = rows
+                    if mask is not None and _ends_padded(mask):
+                        args, kwargs = _replaced(wrapped, args, kwargs, "attention_mask", None)
+                    elif mask is not None:
+                        warn_once(record, instance, UNSORTED_MASK)
+        return run(args, kwargs) if run is not None else wrapped(*args, **kwargs)
+    finally:
+        _forward.reset(token)
+
+
 def _checkpointing_forward(wrapped):
     """Whether `wrapped` (a decoder layer's class ``forward``) is transformers >= 5.23's
     ``GradientCheckpointingLayer`` closure ``forward_with_checkpointing``, which checkpoints only
@@ -201,7 +378,21 @@ def _checkpointing_forward(wrapped):
     return code is not None and code.co_name == "forward_with_checkpointing"
 
 
-def call_layer(wrapped, instance, args, kwargs, position_ids=None, attention_mask=None, cu_seq_lens=None):
+BYPASSED = ("packed samples reached this layer, but its mixer's forward was replaced on the instance "
+            "(kernels' kernelize with use_kernels, or another hub kernel), so the patch never ran there: "
+            "the samples were NOT kept apart in it; load the model with use_kernels=False")
+
+
+def _check_reached(record, instance, mixer, source, hidden_states):
+    """Warn (once per class) where a packed batch's mixer did not run through the patch."""
+    if mixer is None or source is None or source.reached or not hasattr(hidden_states, "shape"):
+        return
+    if source.packing(hidden_states.shape[1]) is not None:
+        warn_once(record, instance, BYPASSED)
+
+
+def call_layer(wrapped, instance, args, kwargs, position_ids=None, attention_mask=None, cu_seq_lens=None,
+               record=None, mixer=None):
     """Run a wrapped decoder layer (``wrapped(*args, **kwargs)``) inside ``carrying(...)``, keeping
     gradient checkpointing working. One row of ``position_ids`` stands for every row of the batch;
     ``cu_seq_lens`` are used for a one-row batch only.
@@ -213,6 +404,8 @@ def call_layer(wrapped, instance, args, kwargs, position_ids=None, attention_mas
     layer would have checkpointed, this does what it would have done (``use_cache`` off, the cache
     dropped unless the layer can checkpoint with one) and checkpoints a call that carries the
     boundaries, so recomputation in backward sees them too. Anything else runs ``wrapped`` as is.
+    `mixer`: the layer's recurrent mixer (None: it has none); if a packed batch's mixer never ran
+    through the patch (its forward replaced on the instance), `record` warns once.
     """
     hidden_states = args[0] if args else kwargs.get("hidden_states")
     batch_size = getattr(hidden_states, "shape", (None,))[0]
@@ -222,7 +415,7 @@ def call_layer(wrapped, instance, args, kwargs, position_ids=None, attention_mas
             and batch_size is not None and batch_size > 1:
         # one row of ids for the whole batch (what a model builds when none are given)
         position_ids = position_ids.expand(*position_ids.shape[:-2], batch_size, position_ids.shape[-1])
-    carry = dict(position_ids=position_ids, attention_mask=attention_mask, cu_seq_lens=cu_seq_lens)
+    source = source_for(position_ids, attention_mask, cu_seq_lens)  # recomputation reuses it
     if (_checkpointing_forward(wrapped) and getattr(instance, "gradient_checkpointing", False)
             and instance.training and torch.is_grad_enabled()):
         import functools
@@ -236,9 +429,12 @@ def call_layer(wrapped, instance, args, kwargs, position_ids=None, attention_mas
                     kwargs[name] = None
 
         def run(*run_args, **run_kwargs):
-            with carrying(**carry):
+            with _carry(source):
                 return wrapped(*run_args, **run_kwargs)  # not outermost: the layer's own forward
 
-        return instance._gradient_checkpointing_func(functools.partial(run, **kwargs), *args)
-    with carrying(**carry):
-        return wrapped(*args, **kwargs)
+        result = instance._gradient_checkpointing_func(functools.partial(run, **kwargs), *args)
+    else:
+        with _carry(source):
+            result = wrapped(*args, **kwargs)
+    _check_reached(record, instance, mixer, source, hidden_states)
+    return result

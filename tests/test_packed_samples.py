@@ -157,14 +157,68 @@ def test_carrying_resets_on_exception():
     assert ps.current(torch.zeros(1, 2, 1)) is None
 
 
-def test_the_same_inputs_resolve_once():
+def _forward(attention_mask=None, position_ids=None, use_cache=False, layers=2):
+    """A model forward as the records wrap it: each of its layers carries what it got."""
+    seen = []
+    for _ in range(layers):
+        with ps.carrying(position_ids=position_ids, attention_mask=attention_mask):
+            seen.append((ps._carried.get(), ps.current(torch.zeros(*position_ids.shape, 1))))
+    return attention_mask, seen
+
+
+def call(function, **kwargs):
+    return ps.call_model("test-record", function, None, (), kwargs)
+
+
+def test_the_layers_of_one_forward_resolve_once():
     pos = ids([0, 1, 0, 1])
+    _, seen = call(_forward, position_ids=pos)
+    assert seen[0][0] is seen[1][0] and seen[0][1] == ps.Packing([[0, 2]], 4)
+    # a view of the same ids (what Qwen3.5 hands its layers) is the same source
+    def views(position_ids):
+        with ps.carrying(position_ids=position_ids):
+            first = ps._carried.get()
+        with ps.carrying(position_ids=position_ids[None].expand(4, 1, 4)[0]):
+            return first, ps._carried.get()
+
+    first, second = call(views, position_ids=pos)
+    assert first is second
+    # outside a forward, or in the next one, nothing is shared
     with ps.carrying(position_ids=pos):
-        first = ps._carried.get()
+        outside = ps._carried.get()
     with ps.carrying(position_ids=pos):
-        assert ps._carried.get() is first  # the next layer of the same forward
-    with ps.carrying(position_ids=pos.clone()):
-        assert ps._carried.get() is not first
+        assert ps._carried.get() is not outside
+    _, again = call(_forward, position_ids=pos)
+    assert again[0][0] is not seen[0][0]
+
+
+def test_a_buffer_refilled_in_place_is_resolved_again():
+    buffer = ids([0, 1, 0, 1, 2, 3])
+    _, first = call(_forward, position_ids=buffer)
+    buffer.copy_(ids([0, 1, 2, 3, 0, 1]))  # the collator's next batch, same tensor
+    _, second = call(_forward, position_ids=buffer)
+    assert first[0][1] == ps.Packing([[0, 2]], 6) and second[0][1] == ps.Packing([[0, 4]], 6)
+    # also the numpy-style write that bumps no version counter
+    buffer.numpy()[:] = [0, 0, 1, 2, 3, 4]
+    _, third = call(_forward, position_ids=buffer)
+    assert third[0][1] == ps.Packing([[0, 1]], 6)
+
+
+def test_call_model_drops_a_mask_that_only_pads_at_the_end():
+    pos = ids([0, 1, 2, 0, 1, 0, 1])
+    for mask in (ids([1] * 7), ids([1, 1, 1, 1, 1, 0, 0])):
+        got, seen = call(_forward, attention_mask=mask, position_ids=pos)
+        assert got is None  # transformers then builds the block-diagonal mask from position_ids
+        expect = ps.Packing([[0, 3]], 7) if not bool(mask.all()) else ps.Packing([[0, 3, 5]], 7)
+        assert seen[0][1] == expect  # the padded tail is no sample (resolved with the mask)
+    # not packed, or a cache: the mask stays
+    assert call(_forward, attention_mask=ids([1] * 4), position_ids=ids([0, 1, 2, 3]))[0] is not None
+    with pytest.warns(RuntimeWarning, match="use_cache=False"):
+        assert call(_forward, attention_mask=ids([1] * 7), position_ids=pos, use_cache=True)[0] is not None
+    # padding before real tokens: kept, said once
+    left = ids([0, 1, 1, 1, 1, 1, 1])
+    with pytest.warns(RuntimeWarning, match="attention_mask=None"):
+        assert call(_forward, attention_mask=left, position_ids=ids([0, 0, 1, 0, 1, 2, 3]))[0] is left
 
 
 def test_threads_see_only_their_own_boundaries():

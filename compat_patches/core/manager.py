@@ -297,8 +297,11 @@ class PatchManager:
                 pending = sorted({t.module for t in targets if t not in state.installed})
                 if pending:
                     self._register_hooks(state, targets)
-                    status = st.DEFERRED
-                    reason = f"{reason}; waiting for import of {', '.join(pending)}"
+                    # a module not imported yet runs no code: what is imported is fixed now
+                    status = st.APPLIED if state.installed else st.DEFERRED
+                    installed = sorted({t.module for t in state.installed})
+                    done = f"; applied in {', '.join(installed)}" if installed else ""
+                    reason = f"{reason}{done}; waiting for import of {', '.join(pending)}"
                 else:
                     status = st.APPLIED
                     if state.patch.fixed_in:

@@ -5,6 +5,11 @@ __reduce__()``), so a patched method would break Ray, multiprocessing and ``copy
 object holding a reference to it. A function pickles as its qualified name and a bound method as
 ``getattr(owner, name)``; so do these, resolving in the loading process to whatever is installed
 there (patched or not), exactly as the original would.
+
+Both also answer their own type as ``__class__`` (wrapt's proxies answer the wrapped function's):
+``torch.compile`` takes anything whose ``__class__`` is a function for one, traces its code, the
+original's, and so silently runs the unpatched code (or fails on its guards). Seen as a callable
+object, a wrapper is called as it is: a graph break, and our code runs.
 """
 
 import copy
@@ -19,6 +24,10 @@ def _holder(bound):
 
 
 class BoundPatchWrapper(wrapt.BoundFunctionWrapper):
+    @property
+    def __class__(self):
+        return type(self)
+
     def _reference(self):
         holder = _holder(self)
         # a plain function reached through its class (or a staticmethod): the class holds it
@@ -44,6 +53,10 @@ class PatchWrapper(wrapt.FunctionWrapper):
     """The wrapper installed on a target; `attribute` is the name it is installed under."""
 
     __bound_function_wrapper__ = BoundPatchWrapper
+
+    @property
+    def __class__(self):
+        return type(self)
 
     def __init__(self, wrapped, wrapper, attribute):
         super().__init__(wrapped, wrapper)

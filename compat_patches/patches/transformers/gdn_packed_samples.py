@@ -1,47 +1,54 @@
 """transformers-gdn-packed-samples: keep packed samples apart in the GatedDeltaNet layers.
 
 Padding-free packing puts several samples in one row, ``position_ids`` restarting at 0 for each
-(verl, ms-swift, TRL, LlamaFactory, axolotl). In Qwen3.5, Qwen3.5-MoE and Qwen3-Next the
-GatedDeltaNet (linear-attention) layers never see those boundaries: the causal conv1d and the
-recurrent state run straight across them, so every sample after the first is computed with its
-neighbour's state, in the logits and in the gradients. No release keeps them apart (measured on
+(verl, ms-swift, TRL, LlamaFactory, axolotl). In Qwen3.5, Qwen3.5-MoE, Qwen3-Next, OLMo-Hybrid and
+Lara-Mini the GatedDeltaNet (linear-attention) layers never see those boundaries: the causal conv1d
+and the recurrent state run straight across them, so every sample after the first is computed with
+its neighbour's state, in the logits and in the gradients. No release keeps them apart (measured on
 every 5.x release that has the models; upstream PRs 44867 and 46859 were closed unmerged).
 
 The patch uses the shared mechanism of :mod:`compat_patches.packed_samples`:
 
-* ``<Model>DecoderLayer.forward`` puts the layer's ``position_ids`` (3-D mRoPE ids below 5.4:
-  their first row), its 2-D ``attention_mask`` and, for a one-row batch, ``cu_seq_lens_q`` into
-  ``packed_samples.carrying(...)`` around the original layer (``packed_samples.call_layer``, which
-  also keeps gradient checkpointing on 5.23+, where a wrapped layer forward would stop
-  checkpointing). Nothing is computed there, and gradient-checkpoint recomputation carries the same
-  boundaries, so backward sees them.
+* ``<Model>.forward`` (``packed_samples.call_model``): one resolution of the boundaries for the
+  forward's layers, and a packed batch's attention mask that pads only at the end (or nothing) is
+  dropped, so transformers builds its block-diagonal causal mask from position_ids and the
+  attention layers keep the samples apart too (with such a mask they would not).
+* the decoder layer holding a GatedDeltaNet (``packed_samples.call_layer``): its ``position_ids``
+  (3-D mRoPE ids below 5.4: their first row), its 2-D ``attention_mask`` and, for a one-row batch,
+  ``cu_seq_lens_q`` are carried to the mixer, into gradient-checkpoint recomputation too, and
+  checkpointing stays on (5.23+ checkpoints a layer only while nothing wraps its forward).
 * ``<Model>GatedDeltaNet.forward`` asks ``packed_samples.current(hidden_states)``. None (one sample,
   no position_ids, left padding) calls the original, untouched. A packing keeps the samples apart:
-  on CUDA with flash-linear-attention importable, one varlen pass over the batch flattened to one
-  row, ``cu_seqlens`` given to fla's causal conv1d AND its ``chunk_gated_delta_rule``; otherwise
-  (CPU, no fla) the original forward on each sample alone (``Packing.split_run``), so every
-  release's own math runs.
+  on CUDA with flash-linear-attention importable and a mixer laid out as Qwen3-Next's or Qwen3.5's,
+  one varlen pass over the batch flattened to one row, ``cu_seqlens`` given to fla's causal conv1d
+  AND its ``chunk_gated_delta_rule``; otherwise the original forward on each sample alone
+  (``Packing.split_run``), so every release's own math runs.
 * A cache (generation) is left alone: the recurrent and conv state a cache keeps belong to one
   sequence per row, a packed row has none to continue. transformers builds a cache whenever
   ``use_cache`` is on (the config default), so training forwards pass ``use_cache=False`` (every
-  trainer above does); a packed input with a cache warns once.
+  trainer above does); a packed input with a cache warns once per model class.
 
-Targets: one per model, class and signature shape (``cache_position`` up to 5.3, ``**kwargs`` on the
-mixer from 5.9, ``cache`` instead of ``cache_params`` / ``past_key_values`` from 5.24). A source
-fingerprint (``check``) reports drift when the mixer no longer computes what the varlen path
-computes; another (``fixed``) reports ``not-needed`` when a release's mixer takes the boundaries
-itself (derives them from ``position_ids`` or hands them to its conv), so the range stays open.
+Targets are named per model, not per signature: the wrappers take the call's arguments by name,
+and each target's ``check`` asks for the parameters they read and, for the mixer, a source
+fingerprint of what the varlen path mirrors; ``fixed`` reports ``not-needed`` when a release's mixer
+takes the boundaries itself (derives them from ``position_ids`` or hands them to its conv), so the
+range stays open.
 """
 
 from compat_patches.core import Patch, Target
 
 NAME = "transformers-gdn-packed-samples"
 
-# model module, class prefix, first release with the model
+# (model folder, class prefix, its text model, the decoder layer holding the mixer, the mixer's
+# layout, first release): the layout names what the varlen path mirrors ("separate": nothing, each
+# sample alone on every device).
+# Found by tools/audit.py, which names every GatedDeltaNet class of a release that is not here.
 MODELS = (
-    ("qwen3_next", "Qwen3Next", "5.0.0rc0"),
-    ("qwen3_5", "Qwen3_5", "5.2.0.dev0"),
-    ("qwen3_5_moe", "Qwen3_5Moe", "5.2.0.dev0"),
+    ("qwen3_next", "Qwen3Next", "Model", "DecoderLayer", "fused", "5.0.0rc0"),
+    ("qwen3_5", "Qwen3_5", "TextModel", "DecoderLayer", "split", "5.2.0.dev0"),
+    ("qwen3_5_moe", "Qwen3_5Moe", "TextModel", "DecoderLayer", "split", "5.2.0.dev0"),
+    ("olmo_hybrid", "OlmoHybrid", "Model", "LinearAttentionDecoderLayer", "separate", "5.3.0.dev0"),
+    ("lara_mini", "LaraMini", "Model", "DecoderLayer", "split", "5.24.0.dev0"),
 )
 
 # Keyword arguments that describe a packed (varlen) batch: dropped before the original runs on one
@@ -52,34 +59,51 @@ _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 
 # kernels: None (not looked up yet), False (fla missing) or make_kernels(...); any_device: use them
 # off CUDA too (tests inject torch reference kernels to check the varlen path on CPU)
-_state = {"kernels": None, "any_device": False, "warned": False}
+_state = {"kernels": None, "any_device": False}
 
 
-# --- the decoder layer: carry the boundaries -------------------------------------------------------
+# --- the model and the decoder layer: carry the boundaries -----------------------------------------
 
-def _decoder_layer(wrapped, instance, args, kwargs):
-    """``forward(self, hidden_states, position_embeddings, attention_mask, position_ids, ...)``.
-
-    Every layer, attention layers included, goes through ``call_layer``: from 5.23 a wrapped layer
-    forward checkpoints only through it."""
+def _model(wrapped, instance, args, kwargs):
     from compat_patches import packed_samples
 
-    def named(name, index):
-        return kwargs[name] if name in kwargs else (args[index] if len(args) > index else None)
+    return packed_samples.call_model(NAME, wrapped, instance, args, kwargs)
 
-    if getattr(instance, "linear_attn", None) is None:  # a full-attention layer: nothing to carry
+
+def _decoder_layer(wrapped, instance, args, kwargs):
+    """Every layer of the class goes through ``call_layer`` (from 5.23 a wrapped layer forward
+    checkpoints only through it); a full-attention layer carries nothing."""
+    from compat_patches import packed_samples
+
+    mixer = getattr(instance, "linear_attn", None)
+    if mixer is None:
         return packed_samples.call_layer(wrapped, instance, args, kwargs)
-    return packed_samples.call_layer(wrapped, instance, args, kwargs, position_ids=named("position_ids", 3),
-                                     attention_mask=named("attention_mask", 2),
-                                     cu_seq_lens=kwargs.get("cu_seq_lens_q"))
+    named = _bind(wrapped, args, kwargs)
+    return packed_samples.call_layer(wrapped, instance, args, kwargs, position_ids=named.get("position_ids"),
+                                     attention_mask=named.get("attention_mask"),
+                                     cu_seq_lens=named.get("cu_seq_lens_q"), record=NAME, mixer=mixer)
 
 
 # --- the mixer: keep the samples apart ---------------------------------------------------------------
 
-def _named(params, args, kwargs):
-    """The call as keywords (`params` without self / **kwargs)."""
-    named = dict(zip(params, args))
-    named.update(kwargs)
+_signatures = {}
+
+
+def _bind(wrapped, args, kwargs):
+    """The call's arguments by name, bound to the real forward's signature (5.13 - 5.15 hide it
+    behind a decorator without functools.wraps); ``**kwargs`` entries flattened in."""
+    function = getattr(wrapped, "__func__", wrapped)
+    signature = _signatures.get(function)
+    if signature is None:
+        import inspect
+
+        signature = inspect.signature(_real(function))
+        signature = _signatures[function] = signature.replace(
+            parameters=tuple(signature.parameters.values())[1:])  # self
+    named = dict(signature.bind(*args, **kwargs).arguments)
+    for name, parameter in signature.parameters.items():
+        if parameter.kind == parameter.VAR_KEYWORD and name in named:
+            named.update(named.pop(name))
     return named
 
 
@@ -88,16 +112,6 @@ def _cache_of(named):
         if named.get(name) is not None:
             return named[name]
     return None
-
-
-def _warn_cache_once():
-    if not _state["warned"]:
-        _state["warned"] = True
-        import warnings
-
-        warnings.warn(f"{NAME}: packed samples reached a GatedDeltaNet layer together with a cache "
-                      "(use_cache is on): left unpatched, the samples are NOT kept apart. Pass "
-                      "use_cache=False for training forwards.", RuntimeWarning, stacklevel=3)
 
 
 def _mask_2d(attention_mask, hidden_states):
@@ -115,47 +129,46 @@ def _zero_padding(hidden_states, mask):
     return (hidden_states * mask[:, :, None].to(hidden_states.dtype)).to(hidden_states.dtype)
 
 
-def _mixer_wrapper(params):
-    params = tuple(p for p in params[1:] if p != "kwargs")
+def _mixer(wrapped, instance, args, kwargs):
+    from compat_patches import packed_samples
 
-    def wrapper(wrapped, instance, args, kwargs):
-        named = _named(params, args, kwargs)
-        hidden_states = named.get("hidden_states")
-        if hidden_states is None or hidden_states.dim() != 3:
-            return wrapped(*args, **kwargs)
-        from compat_patches import packed_samples
+    packed_samples.reached()
+    named = _bind(wrapped, args, kwargs)
+    hidden_states = named.get("hidden_states")
+    if hidden_states is None or hidden_states.dim() != 3 or _cache_of(named) is not None:
+        return wrapped(*args, **kwargs)  # generation: one sequence per row (call_model warns)
 
-        packing = packed_samples.current(hidden_states)
-        if packing is None:
-            if named.get("cu_seq_lens_q") is not None:
-                # one sample (or none carried): a cu_seq_lens covering the whole row says nothing,
-                # and 5.20+'s torch fallback raises on it; anything else is left as it was
-                cu = named["cu_seq_lens_q"]
-                if cu.numel() == 2 and int(cu[0]) == 0 and int(cu[-1]) == hidden_states.shape[1] \
-                        and hidden_states.shape[0] == 1:
-                    kwargs = {k: v for k, v in kwargs.items() if k not in _VARLEN_KEYS}
-            return wrapped(*args, **kwargs)
-        if _cache_of(named) is not None:
-            _warn_cache_once()
-            return wrapped(*args, **kwargs)
-        mask = _mask_2d(named.get("attention_mask"), hidden_states)
-        hidden_states = _zero_padding(hidden_states, mask)
-        kernels = _kernels() if hidden_states.is_cuda or _state["any_device"] else None
-        if kernels is not None:
-            return varlen_forward(instance, hidden_states, packing, kernels)
-        rest = {k: v for k, v in named.items()
-                if k not in _VARLEN_KEYS and k not in _CACHE_NAMES and k not in ("hidden_states", "attention_mask")}
-        if mask is None:
-            rest["attention_mask"] = named.get("attention_mask")
+    packing = packed_samples.current(hidden_states)
+    if packing is None:
+        if named.get("cu_seq_lens_q") is not None:
+            # one sample (or none carried): a cu_seq_lens covering the whole row says nothing,
+            # and 5.20+'s torch fallback raises on it; anything else is left as it was
+            cu = named["cu_seq_lens_q"]
+            if cu.numel() == 2 and int(cu[0]) == 0 and int(cu[-1]) == hidden_states.shape[1] \
+                    and hidden_states.shape[0] == 1:
+                kwargs = {k: v for k, v in kwargs.items() if k not in _VARLEN_KEYS}
+        return wrapped(*args, **kwargs)
+    mask = _mask_2d(named.get("attention_mask"), hidden_states)
+    hidden_states = _zero_padding(hidden_states, mask)
+    kernels = _kernels() if (hidden_states.is_cuda or _state["any_device"]) and _mirrored(instance) else None
+    if kernels is not None:
+        return varlen_forward(instance, hidden_states, packing, kernels)
+    rest = {k: v for k, v in named.items()
+            if k not in _VARLEN_KEYS and k not in _CACHE_NAMES and k not in ("hidden_states", "attention_mask")}
+    if mask is None:
+        rest["attention_mask"] = named.get("attention_mask")
 
-        def one_sample(hidden, attention_mask=None):
-            if mask is not None:
-                rest["attention_mask"] = attention_mask
-            return wrapped(hidden, **rest)
+    def one_sample(hidden, attention_mask=None):
+        if mask is not None:
+            rest["attention_mask"] = attention_mask
+        return wrapped(hidden, **rest)
 
-        return packing.split_run(one_sample, hidden_states, {"attention_mask": mask})
+    return packing.split_run(one_sample, hidden_states, {"attention_mask": mask})
 
-    return wrapper
+
+def _mirrored(module):
+    """Whether `varlen_forward` mirrors this mixer (Qwen3-Next's fused or Qwen3.5's split layout)."""
+    return hasattr(module, "in_proj_qkvz") or hasattr(module, "in_proj_qkv")
 
 
 # --- the varlen path (flash-linear-attention) --------------------------------------------------------
@@ -248,11 +261,12 @@ def varlen_forward(module, hidden_states, packing, kernels):
 
 # --- fingerprints ------------------------------------------------------------------------------------
 
-_NEEDS = {
-    "Qwen3Next": ("in_proj_qkvz(", "in_proj_ba(", "fix_query_key_value_ordering(", "A_log", "dt_bias",
+_NEEDS = {  # per layout: what the varlen path mirrors, or (separate) that it is a GatedDeltaNet
+    "fused": ("in_proj_qkvz(", "in_proj_ba(", "fix_query_key_value_ordering(", "A_log", "dt_bias",
                   "softplus", "sigmoid", "use_qk_l2norm_in_kernel=True", "self.norm(", "out_proj("),
     "split": ("in_proj_qkv(", "in_proj_z(", "in_proj_b(", "in_proj_a(", "A_log", "dt_bias",
               "softplus", "sigmoid", "use_qk_l2norm_in_kernel=True", "self.norm(", "out_proj("),
+    "separate": ("chunk_gated_delta_rule(",),
 }
 
 
@@ -275,16 +289,16 @@ def _source(function):
     return inspect.getsource(_real(function))
 
 
-def _mixer_check(prefix):
-    needs = _NEEDS["Qwen3Next" if prefix == "Qwen3Next" else "split"]
+def _mixer_check(layout):
+    needs = _NEEDS[layout]
 
     def check(original):
         source = _source(original)
         missing = [token for token in needs if token not in source]
         if missing:
-            return (f"the GatedDeltaNet forward no longer contains {missing}: the varlen path "
-                    "mirrors a forward this release does not have")
-        return None
+            return (f"the GatedDeltaNet forward no longer contains {missing}: the patch was written "
+                    "for a forward this release does not have")
+        return _reads(original, ("hidden_states", "attention_mask"))
 
     return check
 
@@ -302,7 +316,7 @@ def carries_boundaries(source):
     code = "\n".join(line.split("#", 1)[0] for line in source.splitlines())
     if re.search(r"\bposition_ids\b", code):
         return "its forward reads position_ids"
-    for call in re.finditer(r"conv1d(?:_fn)?\s*\(", code):
+    for call in re.finditer(r"conv1d(?:_fn|_forward)?\s*\(", code):  # 5.25: causal_conv1d_forward
         depth, end = 0, call.end() - 1
         for end in range(call.end() - 1, len(code)):
             depth += {"(": 1, ")": -1}.get(code[end], 0)
@@ -320,57 +334,58 @@ def _mixer_fixed(original):
     return carries_boundaries(_source(original))
 
 
+def _reads(original, names):
+    """Drift: the parameters a wrapper reads by name are gone from the real signature."""
+    import inspect
+
+    found = inspect.signature(_real(original)).parameters
+    missing = [name for name in names if name not in found]
+    return f"its forward takes no {', '.join(missing)}" if missing else None
+
+
+def _layer_check(original):
+    return _reads(original, ("hidden_states", "attention_mask", "position_ids"))
+
+
 # --- targets -----------------------------------------------------------------------------------------
 
-_LAYER_PARAMS = (
-    ("<5.4.0.dev0", ("self", "hidden_states", "position_embeddings", "attention_mask", "position_ids",
-                     "past_key_values", "cache_position", "kwargs")),
-    (">=5.4.0.dev0,<5.24.0.dev0", ("self", "hidden_states", "position_embeddings", "attention_mask",
-                                   "position_ids", "past_key_values", "kwargs")),
-    (">=5.24.0.dev0", ("self", "hidden_states", "position_embeddings", "attention_mask", "position_ids",
-                       "cache", "kwargs")),
-)
-_MIXER_5_9 = ("self", "hidden_states", "cache_params", "attention_mask", "kwargs")
-# (versions, the parameters the drift check expects, the parameters the forward really takes)
-_MIXER_PARAMS = (
-    ("<5.4.0.dev0", ("self", "hidden_states", "cache_params", "cache_position", "attention_mask"), None),
-    (">=5.4.0.dev0,<5.9.0.dev0", ("self", "hidden_states", "cache_params", "attention_mask"), None),
-    (">=5.9.0.dev0,<5.13.0.dev0", _MIXER_5_9, None),
-    # 5.13 - 5.15: force_accelerate_hooks wraps forward without functools.wraps
-    (">=5.13.0.dev0,<5.16.0.dev0", ("self", "args", "kwargs"), _MIXER_5_9),
-    (">=5.16.0.dev0,<5.24.0.dev0", _MIXER_5_9, None),
-    (">=5.24.0.dev0", ("self", "hidden_states", "cache", "attention_mask", "kwargs"), None),
-)
+def _model_check(original):
+    from compat_patches import packed_samples
+
+    return packed_samples.takes_boundaries(original)
 
 
 def _targets():
     targets = []
-    for module, prefix, first in MODELS:
-        path = f"transformers.models.{module}.modeling_{module}:{prefix}"
-        for versions, params in _LAYER_PARAMS:
-            targets.append(Target(path + "DecoderLayer.forward", wrapper=_decoder_layer, params=params,
-                                  versions=f">={first},{versions}"))
-        for versions, params, real in _MIXER_PARAMS:
-            targets.append(Target(path + "GatedDeltaNet.forward", wrapper=_mixer_wrapper(real or params),
-                                  params=params, check=_mixer_check(prefix), fixed=_mixer_fixed,
-                                  versions=f">={first},{versions}"))
+    for folder, prefix, model, layer, layout, first in MODELS:
+        path = f"transformers.models.{folder}.modeling_{folder}:{prefix}"
+        versions = f">={first}"
+        targets += [
+            Target(path + model + ".forward", wrapper=_model, check=_model_check, versions=versions),
+            Target(path + layer + ".forward", wrapper=_decoder_layer, check=_layer_check, versions=versions),
+            Target(path + "GatedDeltaNet.forward", wrapper=_mixer, check=_mixer_check(layout),
+                   fixed=_mixer_fixed, versions=versions),
+        ]
     return tuple(targets)
 
 
 PATCH = Patch(
     name=NAME,
     summary="keep padding-free packed samples (position_ids restarting at 0, cu_seq_lens_q) apart in "
-            "the GatedDeltaNet layers of Qwen3.5, Qwen3.5-MoE and Qwen3-Next: varlen fla kernels on "
-            "GPU, one sample at a time in torch",
+            "the GatedDeltaNet layers of Qwen3.5, Qwen3.5-MoE, Qwen3-Next, OLMo-Hybrid and Lara-Mini, and "
+            "in their attention next to an end-padded 2-D mask: varlen fla kernels on GPU, one sample at "
+            "a time in torch",
     upstream="https://github.com/huggingface/transformers/issues/46093",
-    # Measured on every release with the models: 5.0.0rc0 (Qwen3-Next) / 5.2.0 (Qwen3.5) through 5.24.0,
-    # all affected. Open upper end: a release whose mixer takes the boundaries itself reports
-    # not-needed through the `fixed` fingerprint. The targets live in torch modeling code.
+    # Measured on every release with the models: 5.0.0rc0 (Qwen3-Next) / 5.2.0 (Qwen3.5) / 5.3.0
+    # (OLMo-Hybrid) / 5.24.0 (Lara-Mini) through 5.25.0, all affected. Open upper end: a release whose
+    # mixer takes the boundaries itself reports not-needed through the `fixed` fingerprint. The
+    # targets live in torch modeling code.
     affected={"transformers": ">=5.0.0rc0", "torch": ">=2.0"},
     targets=_targets(),
     differences="",
     notes="Acts only without a cache (pass use_cache=False in training; a packed input with a cache "
-          "warns once). Qwen3.5 5.3+ with 3-row mRoPE position_ids: the model builds its attention "
-          "mask without text positions and from 5.4 hands its layers none (only 4-row ids carry "
-          "them): pass 4-row ids, or cu_seq_lens_q (5.9+ forwards it to the layers).",
+          "warns once per model class). Under torch.compile every wrapped call is a graph break "
+          "(fullgraph=True raises). Qwen3.5 5.3+ with 3-row mRoPE position_ids: the model builds its "
+          "attention mask without text positions and from 5.4 hands its layers none (only 4-row ids "
+          "carry them): pass 4-row ids, or cu_seq_lens_q (5.9+ forwards it to the layers).",
 )

@@ -10,14 +10,16 @@ attention layers leak across samples too (Bamba's and Falcon-H1's up to 5.1.0).
 
 The fix uses the shared boundary mechanism (:mod:`compat_patches.packed_samples`):
 
+* each model's ``forward`` is the scope of ``packed_samples.call_model``: one resolution of the
+  boundaries for its layers, and a packed batch's 2-D attention mask that pads only at the end is
+  dropped, so the attention mask is built from ``position_ids`` (block-diagonal causal);
 * the decoder layer's wrapper carries what it receives (``position_ids``, its 2-D mask, a
-  forwarded ``cu_seq_lens_q``) into ``packed_samples.carrying(...)`` around the original layer
-  (``packed_samples.call_layer``), so the boundaries are there when gradient checkpointing
-  recomputes the layer; from 5.23, where ``GradientCheckpointingLayer`` checkpoints inside the
-  class's own ``forward`` only while nothing wraps it, ``call_layer`` checkpoints a packed batch
-  itself. GraniteMoeHybrid's decoder layer gets no ``position_ids``: its model's wrapper hands them
-  to the layers in a private keyword argument that the layer's wrapper removes again (packed
-  batches only), and to its ``create_causal_mask`` (block-diagonal causal mask, as Bamba's model
+  forwarded ``cu_seq_lens_q``) to its mixer through ``packed_samples.call_layer``, into
+  gradient-checkpoint recomputation too, and keeps the release's checkpointing on for every call
+  (from 5.23 ``GradientCheckpointingLayer`` checkpoints inside the class's own ``forward`` only while
+  nothing wraps it). GraniteMoeHybrid's decoder layer gets no ``position_ids``: its model's wrapper
+  hands a packed batch's to the layers in a private keyword argument that the layer's wrapper
+  removes again, and to its ``create_causal_mask`` (block-diagonal causal mask, as Bamba's model
   does since 5.2.0). Bamba's and Falcon-H1's ``_update_causal_mask`` (5.0.0rc0 - 5.1.x) get the
   same;
 * the Mamba2 mixer's wrapper asks ``packed_samples.current(hidden_states)``: None (not packed,
@@ -29,47 +31,26 @@ The fix uses the shared boundary mechanism (:mod:`compat_patches.packed_samples`
 Up to 5.14 the mixers dispatch to ``cuda_kernels_forward`` / ``torch_forward``; from 5.15 one
 ``forward`` calls module-level ``causal_conv1d_fn`` / ``mamba2_chunk_scan`` /
 ``mamba2_split_conv1d_scan_combined`` with the mixer's extra keyword arguments: one Target per
-shape and signature (``_SHAPES``).
+shape and signature (``_SHAPES``); the model forwards have no shape table: their wrapper reads
+``attention_mask`` / ``position_ids`` by name, and their ``check`` asks for those parameters.
 
 Nothing heavy is imported here: torch, inspect and the shared mechanism only inside the wrappers.
 """
 
 from compat_patches.core import Patch, Target
 
+NAME = "transformers-mamba2-packed-samples"
 _PRIVATE_POSITIONS = "_compat_patches_position_ids"  # GraniteMoeHybrid: model -> decoder layer
 _PACKING_KWARGS = ("seq_idx", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
-_signatures = {}
-
-
 def _module(family):
     return f"transformers.models.{family}.modeling_{family}"
 
 
-def _signature(wrapped):
-    """The signature `wrapped` is called with (a bound method's without its first parameter)."""
-    function = getattr(wrapped, "__func__", wrapped)
-    key = (function, hasattr(wrapped, "__self__"))
-    try:
-        return _signatures[key]
-    except KeyError:
-        import inspect
-
-        signature = inspect.signature(function)
-        if key[1]:
-            signature = signature.replace(parameters=tuple(signature.parameters.values())[1:])
-        _signatures[key] = signature
-        return signature
-
-
 def _arguments(wrapped, args, kwargs):
-    """The call's arguments by name (a ``**kwargs`` parameter's entries flattened in)."""
-    bound = _signature(wrapped).bind(*args, **kwargs)
-    arguments = dict(bound.arguments)
-    for name, parameter in _signature(wrapped).parameters.items():
-        if parameter.kind == parameter.VAR_KEYWORD and name in arguments:
-            arguments.update(arguments.pop(name))
-    return arguments
+    from compat_patches import packed_samples
+
+    return packed_samples.arguments(wrapped, args, kwargs)
 
 
 # ----- decoder layer: carry the boundaries ------------------------------------------------------
@@ -91,10 +72,20 @@ def _carried(kwargs, mask_name, position_ids=None):
                 cu_seq_lens=kwargs.get("cu_seq_lens_q"))
 
 
+def _mixer_of(layer):
+    """The layer's Mamba2 mixer (one of the record's mixer classes), or None (an attention / MoE block)."""
+    for name in ("mamba", "mixer"):
+        child = getattr(layer, name, None)
+        if type(child).__name__ in _MIXER_CLASSES:
+            return child
+    return None
+
+
 def _carry_layer(wrapped, instance, args, kwargs, carry):
     from compat_patches import packed_samples
 
-    return packed_samples.call_layer(wrapped, instance, args, kwargs, **carry)
+    return packed_samples.call_layer(wrapped, instance, args, kwargs, **carry, record=NAME,
+                                     mixer=_mixer_of(instance))
 
 
 def _layer(wrapped, instance, args, kwargs):
@@ -114,84 +105,60 @@ def _falcon_layer(wrapped, instance, args, kwargs):
 
 
 def _granite_layer(wrapped, instance, args, kwargs):
-    """GraniteMoeHybridDecoderLayer gets no position_ids: the model's wrapper passes them in a
-    private keyword (only for a packed batch), removed here before the original layer runs."""
+    """GraniteMoeHybridDecoderLayer gets no position_ids: the model's wrapper passes a packed batch's
+    in a private keyword (kept by gradient-checkpoint recomputation), removed here before the original
+    layer runs. Unpacked calls go through ``call_layer`` too: from 5.23 it keeps checkpointing on."""
     position_ids = kwargs.pop(_PRIVATE_POSITIONS, None)
-    if position_ids is None:
-        return wrapped(*args, **kwargs)
-    carry = _carried(kwargs, "attention_mask", position_ids)
+    carry = _carried(kwargs, "attention_mask", position_ids) if position_ids is not None else {}
     return _carry_layer(wrapped, instance, args, kwargs, carry)
 
 
-# ----- GraniteMoeHybrid model: positions to the layers and to the attention mask ---------------
+# ----- the model forward: one resolution; positions to the layers and masks that lack them ------
 
-_mask_positions = None  # a ContextVar, made on first use (no contextvars import at module level)
-
-
-def _mask_positions_var():
-    global _mask_positions
-    if _mask_positions is None:
-        import contextvars
-
-        _mask_positions = contextvars.ContextVar("compat_patches_granite_mask_positions", default=None)
-    return _mask_positions
-
-
-def _packed_positions(wrapped, args, kwargs):
-    """The model forward's position_ids if they describe a packed batch, else None."""
+def _model(wrapped, instance, args, kwargs):
+    """<Family>Model.forward: the scope of ``packed_samples.call_model`` (one resolution of the
+    boundaries per forward; a packed batch's end-padded attention mask dropped, so the attention
+    mask is built from position_ids)."""
     from compat_patches import packed_samples
 
-    arguments = _arguments(wrapped, args, kwargs) if len(args) > 2 else kwargs
-    position_ids = arguments.get("position_ids")
-    if position_ids is None or position_ids.shape[-1] < 2:
-        return None
-    mask = _two_d(arguments.get("attention_mask"), position_ids)
-    if packed_samples.from_position_ids(position_ids, mask) is None:
-        return None
-    return position_ids
-
-
-def _with_mask_positions(wrapped, args, kwargs, position_ids):
-    token = _mask_positions_var().set(position_ids)
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        _mask_positions.reset(token)
+    return packed_samples.call_model(NAME, wrapped, instance, args, kwargs)
 
 
 def _granite_model(wrapped, instance, args, kwargs):
-    """GraniteMoeHybridModel.forward: a packed batch's position_ids go to the decoder layers (a
-    private keyword the layer's wrapper removes) and to the attention mask."""
-    position_ids = None if _PRIVATE_POSITIONS in kwargs else _packed_positions(wrapped, args, kwargs)
-    if position_ids is None:
-        return wrapped(*args, **kwargs)  # not packed: the original forward, untouched
-    return _with_mask_positions(wrapped, args, dict(kwargs, **{_PRIVATE_POSITIONS: position_ids}),
-                                position_ids)
+    """GraniteMoeHybridModel.forward: as `_model`, and a packed batch's position_ids also go to the
+    decoder layers (a private keyword the layer's wrapper removes) and, through
+    ``forward_positions()``, to its create_causal_mask."""
+    from compat_patches import packed_samples
+
+    def run(args, kwargs):
+        positions = packed_samples.forward_positions()
+        if positions is not None and _PRIVATE_POSITIONS not in kwargs:
+            kwargs = dict(kwargs, **{_PRIVATE_POSITIONS: positions})
+        return wrapped(*args, **kwargs)
+
+    return packed_samples.call_model(NAME, wrapped, instance, args, kwargs, run=run)
+
+
+def _forward_positions():
+    from compat_patches import packed_samples
+
+    return packed_samples.forward_positions()
 
 
 def _granite_mask(wrapped, instance, args, kwargs):
     """create_causal_mask as GraniteMoeHybridModel calls it: with the packed batch's position_ids
     (it builds the block-diagonal causal mask from them where no 2-D mask is given, as for Bamba)."""
-    position_ids = _mask_positions.get() if _mask_positions is not None else None
+    position_ids = _forward_positions()
     if position_ids is None or kwargs.get("position_ids") is not None:
         return wrapped(*args, **kwargs)
     return wrapped(*args, **dict(kwargs, position_ids=position_ids))
-
-
-def _old_model(wrapped, instance, args, kwargs):
-    """Bamba / Falcon-H1 model forward, 5.0.0rc0 - 5.1.x: a packed batch's position_ids for the
-    attention mask (the decoder layers get them already)."""
-    position_ids = _packed_positions(wrapped, args, kwargs)
-    if position_ids is None:
-        return wrapped(*args, **kwargs)
-    return _with_mask_positions(wrapped, args, kwargs, position_ids)
 
 
 def _old_mask(wrapped, instance, args, kwargs):
     """BambaModel / FalconH1Model._update_causal_mask, 5.0.0rc0 - 5.1.x, ignores position_ids.
     For a packed batch without a 2-D mask, build the mask as 5.2.0 does: create_causal_mask with
     the position_ids (block-diagonal causal)."""
-    position_ids = _mask_positions.get() if _mask_positions is not None else None
+    position_ids = _forward_positions()
     if position_ids is None:
         return wrapped(*args, **kwargs)
     arguments = _arguments(wrapped, args, kwargs)
@@ -259,7 +226,7 @@ def _mixer(wrapped, instance, args, kwargs):
     if packing is None:
         return wrapped(*args, **kwargs)  # not packed: the original code, untouched
     extra = ()
-    if any(p.kind == p.VAR_POSITIONAL for p in _signature(wrapped).parameters.values()):
+    if any(p.kind == p.VAR_POSITIONAL for p in packed_samples.call_signature(wrapped).parameters.values()):
         # 5.13 - 5.21.0: accelerate's force_accelerate_hooks hides the signature, (*args, **kwargs);
         # the decoder layers pass hidden_states positionally and the rest by keyword
         arguments = dict(kwargs, hidden_states=hidden_states)
@@ -400,25 +367,9 @@ _SHAPES = (
     ("bamba", "BambaMixer.forward", "_mixer", ">=5.24.0.dev0",
      ("self", "hidden_states", "cache", "attention_mask", "kwargs")),
     # 5.0.0rc0 - 5.1.0
-    ("bamba", "BambaModel.forward", "_old_model", ">=5.0.0rc0,<5.2.0.dev0",
-     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
-      "use_cache", "output_attentions", "output_hidden_states", "cache_position", "kwargs")),
-    # 5.0.0rc0 - 5.1.0
     ("bamba", "BambaModel._update_causal_mask", "_old_mask", ">=5.0.0rc0,<5.2.0.dev0",
      ("self", "attention_mask", "input_tensor", "cache_position", "past_key_values",
       "output_attentions")),
-    # 5.0.0rc0 - 5.3.0
-    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.0.0rc0,<5.4.0.dev0",
-     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
-      "use_cache", "cache_position", "kwargs")),
-    # 5.4.0 - 5.23.0
-    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.4.0.dev0,<5.24.0.dev0",
-     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
-      "use_cache", "kwargs")),
-    # 5.24.0
-    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.24.0.dev0",
-     ("self", "input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds",
-      "use_cache", "kwargs")),
     # 5.0.0rc0 - 5.3.0
     ("granitemoehybrid", "GraniteMoeHybridDecoderLayer.forward", "_granite_layer",
      ">=5.0.0rc0,<5.4.0.dev0",
@@ -485,15 +436,16 @@ _SHAPES = (
     ("falcon_h1", "FalconH1Mixer.forward", "_mixer", ">=5.24.0.dev0",
      ("self", "hidden_states", "cache", "attention_mask", "kwargs")),
     # 5.0.0rc0 - 5.1.0
-    ("falcon_h1", "FalconH1Model.forward", "_old_model", ">=5.0.0rc0,<5.2.0.dev0",
-     ("self", "input_ids", "attention_mask", "position_ids", "past_key_values", "inputs_embeds",
-      "use_cache", "output_attentions", "output_hidden_states", "cache_position", "kwargs")),
-    # 5.0.0rc0 - 5.1.0
     ("falcon_h1", "FalconH1Model._update_causal_mask", "_old_mask", ">=5.0.0rc0,<5.2.0.dev0",
      ("self", "attention_mask", "input_tensor", "cache_position", "past_key_values",
       "output_attentions")),
     # every release (its parameters change often: check= asks for position_ids only)
     ("granitemoehybrid", "create_causal_mask", "_granite_mask", ">=5.0.0rc0", None),
+    # every release with the model: the wrappers read attention_mask / position_ids by name
+    ("nemotron_h", "NemotronHModel.forward", "_model", ">=5.3.0.dev0", None),
+    ("bamba", "BambaModel.forward", "_model", ">=5.0.0rc0", None),
+    ("granitemoehybrid", "GraniteMoeHybridModel.forward", "_granite_model", ">=5.0.0rc0", None),
+    ("falcon_h1", "FalconH1Model.forward", "_model", ">=5.0.0rc0", None),
 )
 def _mask_has_position_ids(original):
     """`check=` of GraniteMoeHybrid's create_causal_mask (its parameters change often): it must take
@@ -505,15 +457,27 @@ def _mask_has_position_ids(original):
     return None
 
 
+def _model_takes_boundaries(original):
+    from compat_patches import packed_samples
+
+    return packed_samples.takes_boundaries(original)
+
+
+_MIXER_CLASSES = frozenset(attribute.split(".")[0] for _, attribute, wrapper, _, _ in _SHAPES
+                           if wrapper in ("_mixer", "_mixer_a"))
+
+
 def _targets():
     wrappers = {"_layer": _layer, "_falcon_layer": _falcon_layer, "_granite_layer": _granite_layer,
                 "_granite_model": _granite_model, "_granite_mask": _granite_mask, "_mixer": _mixer,
-                "_mixer_a": _mixer, "_old_model": _old_model, "_old_mask": _old_mask}
+                "_mixer_a": _mixer, "_model": _model, "_old_mask": _old_mask}
     targets = []
     for family, attribute, wrapper, versions, params in _SHAPES:
         extra = {}
         if attribute == "create_causal_mask":
             extra["check"] = _mask_has_position_ids
+        elif wrapper in ("_model", "_granite_model"):
+            extra["check"] = _model_takes_boundaries
         elif wrapper == "_mixer":  # >= 5.15 (shape B); "_mixer_a" is the same wrapper before
             extra["fixed"] = _fixed_everywhere
             extra["check"] = _fixed_partly
@@ -523,15 +487,18 @@ def _targets():
 
 
 PATCH = Patch(
-    name="transformers-mamba2-packed-samples",
+    name=NAME,
     summary="keep packed samples (position_ids restarting at 0) apart in the Mamba2 layers of "
-            "NemotronH, Bamba, GraniteMoeHybrid and Falcon-H1, and in GraniteMoeHybrid's attention",
+            "NemotronH, Bamba, GraniteMoeHybrid and Falcon-H1, and in their attention (GraniteMoeHybrid's "
+            "always, every model's next to an end-padded 2-D mask)",
     upstream="",  # not reported or fixed upstream (the docs page names what was searched)
     affected={"transformers": ">=5.0.0rc0", "torch": ">=2.0"},
     fixed_in=None,
     targets=_targets(),
     notes="Packed rows need use_cache=False (transformers builds the block-diagonal attention mask only "
-          "without a cache, for every model); a packed prefill leaves no Mamba state in a cache. The "
+          "without a cache, for every model; said once per model class); a packed prefill leaves no "
+          "Mamba state in a cache. Under torch.compile every wrapped call is a graph break "
+          "(fullgraph=True raises). The "
           "CUDA-kernel route (seq_idx instead of per-sample runs) is confirmed on a GPU from 5.15 only "
           "(benchmarks/results/packed_mamba2_gpu.md); "
           "GraniteMoeHybrid attention under flash_attention_2 is not covered.",

@@ -24,6 +24,8 @@ import compat_patches  # noqa: E402
 from compat_patches.core.versions import in_range, installed_version  # noqa: E402
 from compat_patches.patches.transformers import gdn_packed_samples as mod  # noqa: E402
 
+from ._packed_models import COMMON, present, build  # noqa: E402
+
 pytestmark = pytest.mark.requires(transformers=">=5.0.0rc0", torch=">=2.0")
 
 NAME = "transformers-gdn-packed-samples"
@@ -31,52 +33,16 @@ VERSION = installed_version("transformers")
 TOL = 2e-6  # float32 round-off on these sizes (measured <= 3e-7)
 LEAK = 1e-3  # the unpatched leak on these models is 1e-2 and more
 
-COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_num_key_heads=2,
-              linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
-              linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention"])
-MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16)
-
-
-def _families():
-    found = []
-    for family, first in (("qwen3_next", "5.0.0rc0"), ("qwen3_5", "5.2.0"), ("qwen3_5_moe", "5.2.0")):
-        if in_range(VERSION, f">={first}"):
-            found.append(family)
-    return found
-
-
-FAMILIES = _families()
+FAMILIES = present(NAME)
 # Qwen3.5-MoE's GatedDeltaNet is Qwen3.5's code under another name (same source in every release):
-# only the packed-vs-separate test runs all three; the others run on Qwen3-Next and Qwen3.5, the
+# only the packed-vs-separate test runs all of them; the others run on Qwen3-Next and Qwen3.5, the
 # cu_seq_lens / cache ones on the newest model the release has
-VARLEN_FAMILIES = FAMILIES[:2]
-
-
-def _build(family):
-    import transformers
-
-    if family == "qwen3_next":
-        config = transformers.Qwen3NextConfig(**COMMON, **MOE, decoder_sparse_step=1)
-        cls = transformers.Qwen3NextForCausalLM
-    elif family == "qwen3_5":
-        config, cls = transformers.Qwen3_5TextConfig(**COMMON), transformers.Qwen3_5ForCausalLM
-    else:
-        config, cls = transformers.Qwen3_5MoeTextConfig(**COMMON, **MOE), transformers.Qwen3_5MoeForCausalLM
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = cls(config).float().eval()
-    # make the routers and norms non-trivial (random init leaves some at exact 0 / 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.add_(0.1 * torch.randn_like(param))
-    return model
+VARLEN_FAMILIES = [f for f in FAMILIES if f in ("qwen3_next", "qwen3_5")]
 
 
 @pytest.fixture(scope="module")
 def models():
-    return {family: _build(family) for family in FAMILIES}
+    return {family: build(family) for family in FAMILIES}
 
 
 def _logits(model, ids, position_ids, **kwargs):
@@ -96,7 +62,7 @@ def _mrope(family, position_ids):
     """3-D mRoPE ids of a text-only batch as the model takes them: 3 rows on 5.2, text + 3 rows from
     5.3 (5.3+ read text positions only from a 4th row; with 3 rows their attention crosses the
     samples, patch or not). Below 5.4 the layers get 3-D ids and take [0]; from 5.4 the text row."""
-    if family == "qwen3_next":
+    if family not in ("qwen3_5", "qwen3_5_moe"):
         return position_ids
     rows = 3 if in_range(VERSION, "<5.3.0.dev0") else 4
     return position_ids[None].expand(rows, *position_ids.shape).clone()
@@ -426,7 +392,9 @@ def test_generation_with_cache_untouched(models, family):
     # a packed row with a cache: left alone, and said so once
     pos = _positions([4, 4])[None]
     plain = model(input_ids=ids, position_ids=pos, use_cache=True).logits
-    mod._state["warned"] = False
+    from compat_patches import packed_samples
+
+    packed_samples._warned.clear()
     with compat_patches.patched(NAME), pytest.warns(RuntimeWarning, match="use_cache=False"):
         patched = model(input_ids=ids, position_ids=pos, use_cache=True).logits
     assert torch.equal(plain, patched)
@@ -436,8 +404,8 @@ def test_status_and_fingerprints():
     module = importlib.import_module("transformers.models.qwen3_next.modeling_qwen3_next")
     forward = module.Qwen3NextGatedDeltaNet.forward
     assert mod.carries_boundaries(mod._source(forward)) is None, "no release keeps samples apart yet"
-    assert mod._mixer_check("Qwen3Next")(forward) is None
-    assert "no longer contains" in mod._mixer_check("Qwen3_5")(forward)
+    assert mod._mixer_check("fused")(forward) is None
+    assert "no longer contains" in mod._mixer_check("split")(forward)
     assert mod.carries_boundaries("def forward(self, x, position_ids=None):\n    pass") is not None
     assert mod.carries_boundaries("y = causal_conv1d_fn(x, w, seq_idx=seq_idx)") is not None
     assert mod.carries_boundaries("y = self.causal_conv1d_fn(\n x=x,\n cu_seqlens=cu,\n)") is not None

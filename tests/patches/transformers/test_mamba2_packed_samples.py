@@ -15,7 +15,6 @@ mask from ``position_ids`` only without a cache (all models), and training runs 
 """
 
 import importlib
-import inspect
 
 import pytest
 
@@ -25,17 +24,12 @@ from compat_patches.patches.transformers import mamba2_packed_samples as mod
 
 torch = pytest.importorskip("torch")
 
+from ._packed_models import FAMILIES as MODELS, build, present  # noqa: E402
+
 NAME = "transformers-mamba2-packed-samples"
 AFFECTED = ">=5.0.0rc0"
 TOLERANCE = 1e-5   # float32, same math per sample: measured <= 5e-7 on every release
 LEAK = 1e-3        # the unpatched leak: measured >= 2e-2 on every release (docs table)
-FAMILIES = {  # family: (config class, causal-LM class, first release with the model)
-    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM", "5.3.0"),
-    "bamba": ("BambaConfig", "BambaForCausalLM", "5.0.0rc0"),
-    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", "5.0.0rc0"),
-    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", "5.0.0rc0"),
-}
-CONV_KERNEL = 4
 ROWS = ((9, 7), (6, 1, 2, 7))  # batch of 2, different packings: 2 and 4 samples, lengths 1 and 2 < kernel
 THREE = ((5, 6, 5), (5, 6, 5))  # three samples, twice: one row of position_ids for the batch
 
@@ -72,68 +66,22 @@ def test_split_at_padding():
 
 # ----- tiny models ----------------------------------------------------------------------------
 
+FAMILIES = [family for family, spec in MODELS.items() if spec[0] == NAME]
+
+
 def _have(family):
-    return in_range(installed_version("transformers"), f">={FAMILIES[family][2]}")
-
-
-def _config(family):
-    import transformers
-
-    cls = getattr(transformers, FAMILIES[family][0])
-    params = inspect.signature(cls.__init__).parameters
-    kw = dict(initializer_range=0.1, vocab_size=64, hidden_size=32, intermediate_size=32,
-              num_attention_heads=2, num_key_value_heads=1)
-    mamba = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8,
-                 mamba_d_conv=CONV_KERNEL, mamba_expand=2, mamba_chunk_size=8)
-    if family == "nemotron_h":
-        kw.update(mamba_num_heads=4, mamba_head_dim=16, n_groups=1, ssm_state_size=8,
-                  conv_kernel=CONV_KERNEL, expand=2, chunk_size=8, head_dim=16, num_hidden_layers=2,
-                  # 5.3.0's names of the same
-                  mamba_n_groups=1, mamba_d_conv=CONV_KERNEL, mamba_expand=2, mamba_chunk_size=8)
-        if "layers_block_type" in params:
-            kw["layers_block_type"] = ["mamba", "attention"]
-        else:
-            kw["hybrid_override_pattern"] = "M*"
-    elif family == "bamba":
-        kw.update(mamba, num_hidden_layers=2, attn_layer_indices=[1])
-    elif family == "granitemoehybrid":
-        kw.update(mamba, num_hidden_layers=2, num_local_experts=0, shared_intermediate_size=32)
-        kw["layer_types" if "layer_types" in params else "layers_block_type"] = ["mamba", "attention"]
-    else:
-        kw.update(mamba, num_hidden_layers=1, mamba_d_ssm=64)
-    kw = {k: v for k, v in kw.items() if k in params or k == "num_hidden_layers"}
-    try:
-        config = cls(**kw)
-    except Exception as error:  # 5.4.0: FalconH1Config's use_cache is annotated `int | None`
-        if "use_cache" not in str(error):
-            raise
-        config = cls(**kw, use_cache=0)
-    config._attn_implementation = "sdpa"
-    return config
+    return family in present(NAME)
 
 
 @pytest.fixture(scope="module")
 def models():
-    import transformers
-
-    built = {}
-    for family in FAMILIES:
-        if not _have(family):
-            continue
-        torch.manual_seed(0)
-        model = getattr(transformers, FAMILIES[family][1])(_config(family)).eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("A_log", "dt_bias", "D")):
-                    parameter.uniform_(-0.5, 0.5)
-        built[family] = model
-    return built
+    return {family: build(family) for family in present(NAME)}
 
 
 @pytest.fixture(params=list(FAMILIES))
 def model(request, models):
     if request.param not in models:
-        pytest.skip(f"{request.param} arrived in transformers {FAMILIES[request.param][2]}")
+        pytest.skip(f"{request.param} arrived in transformers {MODELS[request.param][3]}")
     return models[request.param]
 
 
