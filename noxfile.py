@@ -2,6 +2,7 @@
 
     nox -t quick            # what .ci/run runs (under 30 minutes on 2 cores)
     nox -t full             # every set, by hand
+    nox -t newest           # the newest releases on PyPI now: every record's tests and the audit
     nox -s "matrix(set='transformers-5.3.0')"
 
 Torch is installed once (pip --target) into .nox/_shared/torch and put on every session's path
@@ -183,6 +184,30 @@ def matrix(session, set):
     # pytest's exit 5 (no test collected) is a failure here, as any code but 0.
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / set}.xml",
                 *quick, *(session.posargs or spec.tests))
+
+
+def _newest_release(project):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"https://pypi.org/pypi/{project}/json", timeout=60) as response:
+        return json.load(response)["info"]["version"]  # the newest final release
+
+
+@nox.session(tags=["newest"])
+def newest(session):
+    """The newest transformers, peft and accelerate on PyPI right now: every record's tests, the
+    packed-samples records against transformers' own model tests, and the audit of what no record
+    covers (`nox -t newest`; vLLM's sets need a pinned requirements file each, see docs/matrix.md)."""
+    pins = [f"{project}=={_newest_release(project)}" for project in ("transformers", "peft", "accelerate")]
+    session.log("newest: " + ", ".join(pins))
+    _shared_torch(session)
+    session.install(*TEST_DEPS, "pillow", "parameterized", "pytest-timeout", *pins)
+    session.install("-e", ".")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / 'newest'}.xml",
+                "-m", "not slow", *(session.posargs or [*LIBRARY_TESTS, *MODELING_COMMON]))
+    session.run("python", "tools/audit.py")
 
 
 @nox.session

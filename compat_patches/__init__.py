@@ -17,6 +17,7 @@ from .core import (
     PatchDriftError,
     PatchFailedError,
     PatchManager,
+    PatchUnverifiedError,
     PatchReport,
     Report,
     UnknownPatchError,
@@ -80,5 +81,5 @@ def patch_names():
 __all__ = [
     "apply_all", "revert_all", "patched", "report", "get_patch", "patch_names",
     "Report", "PatchReport", "CompatPatchesError", "UnknownPatchError", "InvalidSettingError",
-    "PatchDriftError", "PatchFailedError", "__version__",
+    "PatchDriftError", "PatchFailedError", "PatchUnverifiedError", "__version__",
 ]

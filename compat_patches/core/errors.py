@@ -29,5 +29,10 @@ class PatchFailedError(CompatPatchesError):
     """Strict mode: installing or removing a wrapper raised."""
 
 
+class PatchUnverifiedError(CompatPatchesError):
+    """COMPAT_PATCHES_REQUIRE_VERIFIED: an installed release is newer than the one a record was
+    verified through, so the record is not applied."""
+
+
 class InvalidSettingError(CompatPatchesError, ValueError):
     """A COMPAT_PATCHES_* environment variable or an argument with a value we do not accept."""

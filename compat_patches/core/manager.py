@@ -15,7 +15,8 @@ import os
 import sys
 
 from . import report as st
-from .errors import InvalidSettingError, PatchDriftError, PatchFailedError, UnknownPatchError
+from .errors import (InvalidSettingError, PatchDriftError, PatchFailedError, PatchUnverifiedError,
+                     UnknownPatchError)
 from .install import TargetProblem, install, uninstall
 from .log import ERROR, INFO, WARNING, log
 from .report import PatchReport, Report
@@ -24,6 +25,7 @@ from .versions import in_range, installed_version, parse_version
 ENV_DISABLE = "COMPAT_PATCHES_DISABLE"
 ENV_ONLY = "COMPAT_PATCHES_ONLY"
 ENV_STRICT = "COMPAT_PATCHES_STRICT"
+ENV_REQUIRE_VERIFIED = "COMPAT_PATCHES_REQUIRE_VERIFIED"
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 FALSE_VALUES = frozenset({"0", "false", "no", "off"})
 ALL_VALUES = TRUE_VALUES | {"all", "*"}  # COMPAT_PATCHES_DISABLE: every patch
@@ -52,6 +54,22 @@ def parse_flag(raw, variable):
 def env_strict(environ=None):
     environ = os.environ if environ is None else environ
     return parse_flag(environ.get(ENV_STRICT), ENV_STRICT)
+
+
+def env_require_verified(environ=None):
+    environ = os.environ if environ is None else environ
+    return parse_flag(environ.get(ENV_REQUIRE_VERIFIED), ENV_REQUIRE_VERIFIED)
+
+
+def unverified(patch, versions):
+    """{distribution: verified-through release} for each installed release newer than the one the
+    record declares it was verified on (local tags ignored)."""
+    found = {}
+    for dist, verified in patch.verified_through.items():
+        installed = parse_version(versions.get(dist) or "")
+        if installed is not None and parse_version(installed.public) > parse_version(verified):
+            found[dist] = verified
+    return found
 
 
 def split_names(raw, source):
@@ -160,6 +178,7 @@ class PatchManager:
         """
         environ = os.environ if environ is None else environ
         env_strict(environ)
+        env_require_verified(environ)
         disable_raw = environ.get(ENV_DISABLE, "")
         only_raw = environ.get(ENV_ONLY, "")
         only = self.check_names(split_names(only_raw, ENV_ONLY), ENV_ONLY) if only_raw.strip() else ()
@@ -219,10 +238,14 @@ class PatchManager:
 
     def _entry(self, state, status, reason, versions, targets=()):
         patch = state.patch
+        newer = unverified(patch, versions) if status in (st.APPLIED, st.DEFERRED, st.PENDING) else {}
+        if newer:
+            reason += "; unverified on " + ", ".join(
+                f"{dist} {versions[dist]}: verified through {verified}" for dist, verified in newer.items())
         return PatchReport(
             name=patch.name, status=status, reason=reason, versions=versions,
             affected=patch.affected, summary=patch.summary, upstream=patch.upstream,
-            fixed_in=patch.fixed_in, targets=tuple(t.path for t in targets),
+            fixed_in=patch.fixed_in, targets=tuple(t.path for t in targets), unverified=newer,
         )
 
     # ----- installing ---------------------------------------------------------------------
@@ -287,7 +310,14 @@ class PatchManager:
     def _activate(self, state, *, strict, finished=None):
         """Bring an active patch's installation up to date; record and log the decision."""
         status, reason, versions, targets = self._gate(state)
-        if status is None:
+        newer = unverified(state.patch, versions) if status is None else {}
+        if newer and env_require_verified():
+            self._remove_all(state)
+            status = st.DISABLED
+            reason = (f"{reason}, but " + ", ".join(f"{d} {versions[d]} is newer than the {v} it was verified "
+                                                    f"through" for d, v in newer.items())
+                      + f" and {ENV_REQUIRE_VERIFIED} is on")
+        elif status is None:
             try:
                 self._install_ready(state, targets, finished)
             except TargetProblem as problem:  # drifted, failed, or the fix is already there
@@ -312,6 +342,8 @@ class PatchManager:
         if changed:
             level = WARNING if status in (st.DRIFTED, st.FAILED) else INFO
             log(level, "%s: %s (%s)", entry.name, status, reason)
+        if newer and status == st.DISABLED:
+            raise PatchUnverifiedError(f"{entry.name}: {reason}")
         if strict and status == st.DRIFTED:
             raise PatchDriftError(f"{entry.name}: {reason}")
         if strict and status == st.FAILED:

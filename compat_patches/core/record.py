@@ -56,17 +56,19 @@ class Patch(_Frozen):
     """A scoped, version-gated fix of one upstream bug.
 
     `affected` maps each distribution to the PEP 440 range where the bug exists; the first one is
-    the primary distribution, whose version selects among target shapes. `upstream_tests` are
+    the primary distribution, whose version selects among target shapes. `verified_through` maps a
+    distribution to the newest release the record was verified on: a newer installed release still
+    gets the patch (an open range), and the report says it is unverified there. `upstream_tests` are
     pytest node ids (from the repository root) of the upstream fix's own regression tests, copied
     under tests/upstream/; `differences` says where the patch deliberately differs from upstream.
     """
 
     __slots__ = ("name", "summary", "upstream", "affected", "targets", "fixed_in", "notes",
-                 "upstream_tests", "differences")
+                 "upstream_tests", "differences", "verified_through")
     _repr_fields = ("name", "affected")
 
     def __init__(self, name, summary, upstream, affected, targets, fixed_in=None, notes="",
-                 upstream_tests=(), differences=""):
+                 upstream_tests=(), differences="", verified_through=None):
         if not (isinstance(name, str) and name and name[0] != "-" and name[-1] != "-"
                 and "--" not in name and set(name) <= _NAME_CHARS | {"-"}):
             raise ValueError(f"patch name {name!r} must be lowercase words joined by '-'")
@@ -83,9 +85,15 @@ class Patch(_Frozen):
         if isinstance(upstream_tests, str):
             raise TypeError(f"patch {name!r}: upstream_tests must be a tuple of node ids, "
                             f"got the string {upstream_tests!r}")
+        verified_through = dict(verified_through or {})
+        for dist, version in verified_through.items():
+            if dist not in affected or not isinstance(version, str):
+                raise TypeError(f"patch {name!r}: verified_through must map distributions of `affected` "
+                                f"to a release string, got {dist!r}: {version!r}")
         self._init(name=name, summary=summary, upstream=upstream, affected=dict(affected),
                    targets=targets, fixed_in=fixed_in, notes=notes,
-                   upstream_tests=tuple(upstream_tests), differences=differences)
+                   upstream_tests=tuple(upstream_tests), differences=differences,
+                   verified_through=verified_through)
 
     @property
     def primary(self):
@@ -98,6 +106,11 @@ class Patch(_Frozen):
 
         for dist, spec in self.affected.items():
             parse_specifier(spec, owner=f"patch {self.name!r}, distribution {dist!r}")
+        from .versions import parse_version
+
+        for dist, version in self.verified_through.items():
+            if parse_version(version) is None:
+                raise ValueError(f"patch {self.name!r}: verified_through {dist} {version!r} is not PEP 440")
         for target in self.targets:
             if target.versions is not None:
                 parse_specifier(target.versions, owner=f"patch {self.name!r}, target {target.path!r}")

@@ -13,22 +13,23 @@ FAILED = "failed"
 
 STATUSES = (APPLIED, DEFERRED, PENDING, NOT_NEEDED, NOT_INSTALLED, DISABLED, DRIFTED, FAILED)
 ACTIVE = (APPLIED, DEFERRED)
-FINDINGS = (FAILED, DRIFTED, NOT_NEEDED)  # what an attempt found; true until the next attempt
+FINDINGS = (FAILED, DRIFTED, NOT_NEEDED, DISABLED)  # what an attempt found; true until the next attempt
 
 _FIELDS = ("name", "status", "reason", "versions", "affected", "summary", "upstream", "fixed_in",
-           "targets", "pid")
+           "targets", "pid", "unverified")
 
 
 class PatchReport:
-    """What one patch did in one process (immutable)."""
+    """What one patch did in one process (immutable). `unverified`: {distribution: the newest release
+    the record was verified on} for each installed release newer than that."""
 
     __slots__ = _FIELDS
 
     def __init__(self, name, status, reason, versions, affected, summary="", upstream="",
-                 fixed_in=None, targets=(), pid=None):
+                 fixed_in=None, targets=(), pid=None, unverified=None):
         for field, value in zip(_FIELDS, (name, status, reason, dict(versions), dict(affected),
                                           summary, upstream, fixed_in, tuple(targets),
-                                          os.getpid() if pid is None else pid)):
+                                          os.getpid() if pid is None else pid, dict(unverified or {}))):
             object.__setattr__(self, field, value)
 
     def __setattr__(self, name, value):
@@ -54,6 +55,7 @@ class PatchReport:
     def to_dict(self):
         out = {field: getattr(self, field) for field in _FIELDS}
         out["versions"], out["affected"] = dict(self.versions), dict(self.affected)
+        out["unverified"] = dict(self.unverified)
         out["targets"] = list(self.targets)
         return out
 

@@ -1,6 +1,7 @@
 """The compatibility table of the registry, in Markdown (``python -m compat_patches --markdown``).
 
-It shows what each record declares (name, affected releases, fixed in, upstream fix, summary), never
+It shows what each record declares (name, affected releases, the newest releases it was verified
+on where its range is open, fixed in, upstream fix, summary), never
 the status on this machine, so the copy in README.md is the same everywhere. Standard library only;
 ``import compat_patches`` does not import this module.
 """
@@ -11,7 +12,7 @@ START = "<!-- compat-table:start -->"
 END = "<!-- compat-table:end -->"
 REGENERATE = "python -m compat_patches --markdown --update README.md"
 NOT_FIXED = "not fixed upstream"
-HEADER = ("patch", "library: affected releases", "fixed in", "upstream fix", "summary")
+HEADER = ("patch", "library: affected releases", "verified through", "fixed in", "upstream fix", "summary")
 
 _GITHUB = re.compile(
     r"^https?://github\.com/(?P<owner>[^/]+)/(?P<repo>[^/#?]+?)(?:\.git)?"
@@ -53,6 +54,7 @@ def markdown_table(records, *, pages="docs/patches/"):
         rows.append((
             f"[`{record.name}`]({pages}{record.name}.md)",
             affected_text(record.affected),
+            ", ".join(f"{dist} {version}" for dist, version in record.verified_through.items()),
             record.fixed_in or NOT_FIXED,
             f"[{upstream_text(upstream)}]({upstream})" if upstream else "",
             record.summary,

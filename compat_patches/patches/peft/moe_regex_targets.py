@@ -45,6 +45,7 @@ PATCH = Patch(
     ),
     upstream="https://github.com/huggingface/peft/pull/3232",  # fixed the 0.19 crash only; the scope loss is unfixed
     affected={"peft": ">=0.19.0.dev0", "transformers": ">=5.0.0rc0"},
+    verified_through={"peft": "0.21.2", "transformers": "5.24.0"},
     fixed_in=None,
     targets=(
         Target(

@@ -42,6 +42,7 @@ PATCH = Patch(
     ),
     upstream="https://github.com/huggingface/peft/issues/3711",  # fix PR 3715, unreleased
     affected={"peft": ">=0.19.0.dev0", "transformers": ">=5.0.0rc0"},
+    verified_through={"peft": "0.21.2", "transformers": "5.24.0"},
     fixed_in=None,
     targets=(
         Target(

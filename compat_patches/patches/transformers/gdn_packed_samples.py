@@ -381,6 +381,7 @@ PATCH = Patch(
     # mixer takes the boundaries itself reports not-needed through the `fixed` fingerprint. The
     # targets live in torch modeling code.
     affected={"transformers": ">=5.0.0rc0", "torch": ">=2.0"},
+    verified_through={"transformers": "5.25.0"},
     targets=_targets(),
     differences="",
     notes="Acts only without a cache (pass use_cache=False in training; a packed input with a cache "

@@ -493,6 +493,7 @@ PATCH = Patch(
             "always, every model's next to an end-padded 2-D mask)",
     upstream="",  # not reported or fixed upstream (the docs page names what was searched)
     affected={"transformers": ">=5.0.0rc0", "torch": ">=2.0"},
+    verified_through={"transformers": "5.25.0"},
     fixed_in=None,
     targets=_targets(),
     notes="Packed rows need use_cache=False (transformers builds the block-diagonal attention mask only "

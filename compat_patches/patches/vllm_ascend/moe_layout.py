@@ -435,6 +435,7 @@ PATCH = Patch(
              "layout, selectable per sync path"),
     upstream="https://github.com/vllm-project/vllm-ascend",
     affected={"vllm-ascend": ">=0.11.0rc1"},
+    verified_through={"vllm-ascend": "0.30.0rc2"},
     fixed_in=None,
     targets=tuple(
         Target(path, wrapper=_process_wrapper, params=("self", "layer"),
