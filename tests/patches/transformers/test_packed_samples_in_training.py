@@ -204,7 +204,8 @@ def test_use_cache_left_on_warns_once_per_model_class(models):
             for _ in range(2):
                 models[family](input_ids=ids, position_ids=pos)
         seen[family] = sum("use_cache=False" in str(w.message) for w in caught)
-    assert seen == {family: 1 for family in present()}
+    # 5.4.0's tiny Falcon-H1 is built with use_cache=0 (its config rejects a bool): no cache, nothing to say
+    assert seen == {family: int(bool(models[family].config.use_cache)) for family in present()}
 
 
 # ----- gradient checkpointing and output capture ---------------------------------------------
