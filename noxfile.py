@@ -67,10 +67,10 @@ VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", 
 
 VLLM = ["tests/patches/vllm", "tests/upstream/vllm", "tests/test_vllm_plugin.py", *COMMON,
         "--contract-libraries=vllm"]
-VLLM_QUICK = ("0.18.0", "0.33.0")  # affected (and vLLM's own plugin loader); newest (method removed)
+VLLM_QUICK = ("0.18.0", "0.34.0")  # affected (and vLLM's own plugin loader); newest (V1 runner gone)
 VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.20.2", "0.21.0",
                  "0.22.0", "0.22.1", "0.23.0", "0.24.0", "0.25.0", "0.25.1", "0.26.0", "0.27.0",
-                 "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0", "0.33.0")
+                 "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0", "0.33.0", "0.34.0")
 # PyPI torchvision links CUDA libtorch; this shim lets its Python part import beside the CPU torch
 # (vLLM's Qwen-VL modules import transformers' video processors, which import torchvision).
 TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"

@@ -1,6 +1,6 @@
 """vllm-flashinfer-moe-layout: a raw weight reload writes FlashInfer MoE experts in kernel layout.
 
-The bug (unfixed upstream; vllm#42821, read in every wheel 0.15.0 - 0.33.0 and run on CPU, see the
+The bug (unfixed upstream; vllm#42821, read in every wheel 0.15.0 - 0.34.0 and run on CPU, see the
 docs page): with the FlashInfer CUTLASS MoE backend, vLLM's post-load step
 (``UnquantizedFusedMoEMethod.process_weights_after_loading`` -> ``convert_to_unquantized_kernel_format``
 -> ``swap_w13_to_w31``) reorders every expert's ``w13_weight`` from the checkpoint order
@@ -162,6 +162,7 @@ PATCH = Patch(
     upstream="https://github.com/vllm-project/vllm/issues/42821",
     affected={"vllm": ">=0.15.0.dev0"},
     fixed_in=None,
+    verified_through={"vllm": "0.34.0"},
     targets=(
         Target(_METHOD, wrapper=_process_weights_after_loading, params=("self", "layer")),
         Target("vllm.model_executor.layers.fused_moe.layer:FusedMoE.weight_loader",

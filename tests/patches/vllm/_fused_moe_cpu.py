@@ -147,7 +147,10 @@ def make_layer(method, tp_rank=0, tp_size=1, dtype=torch.float32):
     parallel = moe_config.moe_parallel_config
     experts = types.SimpleNamespace(map_global_to_local=lambda expert_id: expert_id,
                                     num_fused_shared_experts=0, expert_map=None)
+    # _fused_shared_expert_quantizer (0.32 - 0.33), shared_expert_online_loader (0.34 on): None
+    # without online-quantized fused shared experts; _loaded_expert_biases (0.27 on): set(), as built
     values = dict(expert_map_manager=experts, _fused_shared_expert_quantizer=None,
+                  shared_expert_online_loader=None, _loaded_expert_biases=set(),
                   runner=types.SimpleNamespace(shared_experts=None),
                   quant_method=method, quant_config=None, _expert_map=None, moe_config=moe_config,
                   moe_parallel_config=parallel, shared_experts=None, global_num_experts=E,
@@ -187,6 +190,81 @@ def load(layer, weights, fused=False):
         else:
             for e in range(E):
                 param.weight_loader(param, weights[e][shard], name, shard_id=shard, expert_id=e)
+
+
+def _vllm_classes(cls):
+    """(class, its ast.ClassDef) for every vLLM class in ``cls``'s MRO, most derived first."""
+    import ast
+    import inspect
+    import textwrap
+
+    return [(klass, ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0])
+            for klass in cls.__mro__ if klass.__module__.split(".")[0] == "vllm"]
+
+
+def _functions(cls):
+    """name -> ast node of every method / property of ``cls`` (the MRO's first definer wins; in a
+    class the last definition, i.e. the implementation after its ``@overload`` stubs)."""
+    import ast
+
+    found = {}
+    for _, node in _vllm_classes(cls):
+        own = {item.name: item for item in node.body if isinstance(item, ast.FunctionDef)}
+        for name, item in own.items():
+            found.setdefault(name, item)
+    return found
+
+
+def _self_attributes(function, store):
+    """``X`` of every ``self.X`` stored (``store``) or loaded in ``function``; with loads, the
+    ``Y`` of every ``self.X.Y`` too, as (X, Y)."""
+    import ast
+
+    context = ast.Store if store else ast.Load
+    names, chained = set(), set()
+    for node in ast.walk(function):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id == "self" and isinstance(node.ctx, context):
+            names.add(node.attr)
+        elif (not store and isinstance(node.value, ast.Attribute)
+              and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            chained.add((node.value.attr, node.attr))
+    return names, chained
+
+
+def unset_attributes(real_cls, entries, stand_in):
+    """What the stand-in for ``real_cls`` lacks of what the real code reads, by name.
+
+    The stand-ins are uninitialised instances (``__new__``) given by hand the attributes the
+    release's ``__init__`` would set. Read from the release's source: every attribute some
+    ``__init__`` of the MRO assigns on ``self`` that the methods run from ``entries`` (followed
+    through ``self.<method>(...)`` and properties) read, must be set on ``stand_in``; where its
+    value is a stand-in namespace (``SimpleNamespace``), every ``self.<attr>.<name>`` read there
+    must be on it too. Returns ``["Class.attr", "attr.name", ...]`` (empty: faithful)."""
+    functions = _functions(real_cls)
+    assigned = set()
+    for _, node in _vllm_classes(real_cls):
+        for item in node.body:
+            if getattr(item, "name", None) == "__init__":
+                assigned |= _self_attributes(item, store=True)[0]
+    reached, todo, read, chained = set(), list(entries), set(), set()
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in functions:
+            continue
+        reached.add(name)
+        names, pairs = _self_attributes(functions[name], store=False)
+        todo.extend(n for n in names if n in functions)
+        read |= {n for n in names if n not in functions}
+        chained |= pairs
+    missing = [f"{real_cls.__name__}.{name}" for name in sorted(assigned & read)
+               if not hasattr(stand_in, name)]
+    for attr, name in sorted(chained):
+        value = getattr(stand_in, attr, None)
+        if isinstance(value, types.SimpleNamespace) and not hasattr(value, name):
+            missing.append(f"{attr}.{name}")
+    return missing
 
 
 def fresh(backend_name, weights, tp_rank=0, tp_size=1):

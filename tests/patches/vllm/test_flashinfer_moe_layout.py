@@ -186,6 +186,19 @@ def test_swap_helper_matches_vllm():
 
 
 @affected
+def test_stand_ins_set_what_the_real_code_reads():
+    """The harness is read against the installed release: the uninitialised real layer and method
+    carry every attribute their real ``__init__`` sets that the loader / post-load path reads (a
+    release adding one, as 0.34.0 added ``RoutedExperts.shared_expert_online_loader``, fails here
+    by name rather than deep inside the loader), and the namespaces standing in for vLLM's configs
+    every field read from them."""
+    method = h.make_method("FLASHINFER_CUTLASS")
+    layer = h.make_layer(method)
+    assert h.unset_attributes(h.layer_class(), ("weight_loader",), layer) == []
+    assert h.unset_attributes(type(method), ("process_weights_after_loading",), method) == []
+
+
+@affected
 def test_targets_found_on_this_release():
     h.method_module()
     h.layer_class()
@@ -213,3 +226,53 @@ def test_weight_cache_ipc_path_runs_the_original(gpu):
         assert gpu.calls == builds + 1
         assert layout_of(layer.w13_weight, LAYOUT_ATTR) == W31
         assert torch.equal(layer.w13_weight, oracle.w13_weight)
+
+
+@pytest.mark.requires(vllm=">=0.34.0")
+def test_direct_reload_mode_stays_right(gpu, monkeypatch):
+    """0.34.0's direct reload (``VLLM_RELOAD_MODE=direct``, reload/direct.py): vLLM records each
+    tensor's checkpoint layout at cold start, views re-laid-out tensors back to it on
+    ``begin_direct_reload``, lets the loaders write the checkpoint in place and re-runs the whole
+    post-load processing in ``finish_direct_reload``. The ``[w3; w1]`` swap keeps shape and stride, so
+    nothing is viewed back: unpatched, the loader writes ``[w1; w3]`` and the re-run swaps it; patched,
+    the loader writes the kernel layout and the re-run is skipped on the marked layer. Both are
+    bitwise a fresh load, in the Parameter (and storage) the engine started with. vLLM's own
+    model-level ``process_weights_after_loading`` and reload functions run; the model config is a
+    namespace with the three fields they read."""
+    import types
+
+    from vllm.model_executor.model_loader.reload import direct
+    from vllm.model_executor.model_loader.utils import process_weights_after_loading
+
+    monkeypatch.setenv("VLLM_RELOAD_MODE", "direct")
+    assert direct.direct_reload_enabled()
+    config = types.SimpleNamespace(dtype=torch.float32, quantization=None,
+                                   word_embeddings_untied_by_checkpoint=False)
+    cpu = torch.device("cpu")
+    oracle = h.fresh("FLASHINFER_CUTLASS", h.checkpoint(1))
+
+    def sync(patched):
+        method = h.make_method("FLASHINFER_CUTLASS")
+        torch.nn.Module.__init__(method)   # a CustomOp module: model.named_modules() walks it
+        layer = h.make_layer(method)
+        model = torch.nn.Module()
+        model.experts = layer
+        h.load(layer, h.checkpoint(0))
+        process_weights_after_loading(model, config, cpu)      # cold start: records the layout
+        w13, ptr = layer.w13_weight, layer.w13_weight.data_ptr()
+        direct.begin_direct_reload(model)
+        h.load(layer, h.checkpoint(1))
+        # before the re-run: checkpoint order unpatched, kernel order patched
+        loaded = oracle.w13_weight if patched else _swap(oracle.w13_weight)
+        assert torch.equal(layer.w13_weight, loaded)
+        direct.finish_direct_reload(model, config, cpu)
+        assert layer.w13_weight is w13 and layer.w13_weight.data_ptr() == ptr
+        assert torch.equal(layer.w13_weight, oracle.w13_weight)
+        assert torch.equal(layer.w2_weight, oracle.w2_weight)
+
+    sync(patched=False)
+    with compat_patches.patched(NAME) as report:
+        assert report[NAME].status == "applied", report[NAME]
+        builds = gpu.calls
+        sync(patched=True)
+        assert gpu.calls == builds + 1   # built at cold start only

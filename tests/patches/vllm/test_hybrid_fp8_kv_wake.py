@@ -14,7 +14,9 @@ and a non-attention module with a ``_k_scale`` of its own (must stay untouched).
   (its source is copied below as the oracle); attention-only caches and a non-quantized cache dtype
   give identical results with and without the patch;
 * fixed releases: not-needed, nothing touched; 0.27.0 - 0.28.0 run the oracle's body unpatched
-  (checked against the copy), 0.29.0 removed the method.
+  (checked against the copy), 0.29.0 removed the method, 0.34.0 the whole module (model runner V1:
+  ``vllm/v1/worker/gpu_worker.py`` imports only ``vllm.v1.worker.gpu.model_runner.GPUModelRunner``,
+  which has no such method).
 """
 
 import importlib
@@ -31,6 +33,9 @@ pytest.importorskip("torch")
 NAME = "vllm-hybrid-fp8-kv-wake"
 AFFECTED = ">=0.12.0.dev0,<0.27.0"
 MODULE = "vllm.v1.worker.gpu_model_runner"
+# 0.34.0 removed model runner V1 (the module above); V2's runner is the only one left
+RUNNER_V2 = "vllm.v1.worker.gpu.model_runner"
+MODULE_REMOVED = ">=0.34.0"
 affected = pytest.mark.requires(vllm=AFFECTED)
 
 # vLLM 0.27.0's method (vllm/v1/worker/gpu_model_runner.py, vllm-0.27.0 wheel from PyPI; Apache-2.0,
@@ -380,9 +385,15 @@ def test_fingerprint_refuses_other_methods():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.requires(vllm=">=0.27.0")
 def test_not_needed_on_fixed_releases():
+    import importlib.util
+
     entry = compat_patches.report()[NAME]
     assert entry.status == "not-needed", entry
     assert "0.27.0" in entry.reason
+    if importlib.util.find_spec(MODULE) is None:  # 0.34.0 on: nothing left to touch
+        with compat_patches.patched(NAME) as report:
+            assert report[NAME].status == "not-needed"
+        return
     cls = _module().GPUModelRunner
     before = cls.__dict__.get("init_fp8_kv_scales")
     with compat_patches.patched(NAME) as report:
@@ -424,6 +435,16 @@ def test_a_build_inside_the_range_that_has_the_fix_reports_not_needed():
         assert cls.__dict__["init_fp8_kv_scales"] is before
 
 
-@pytest.mark.requires(vllm=">=0.29.0")
+@pytest.mark.requires(vllm=">=0.29.0,<0.34.0")
 def test_method_removed_upstream():
     assert not hasattr(_module().GPUModelRunner, "init_fp8_kv_scales")
+
+
+@pytest.mark.requires(vllm=MODULE_REMOVED)
+def test_module_removed_upstream():
+    """0.34.0 dropped model runner V1: the record's target module is gone, and the runner left
+    (V2, the one gpu_worker.py builds) has no init_fp8_kv_scales either."""
+    import importlib.util
+
+    assert importlib.util.find_spec(MODULE) is None
+    assert not hasattr(importlib.import_module(RUNNER_V2).GPUModelRunner, "init_fp8_kv_scales")

@@ -13,7 +13,8 @@ No NPU here, and ``vllm_ascend`` cannot be imported without ``torch_npu``. So:
   skipped when offline): every vllm-ascend release is parsed with ``ast`` (never imported): target
   class/method/signature/assignment form per release, the reference statements equal the real ones,
   and the whole scenario is re-run with the REAL method source of each release; vLLM's real loader
-  functions (from the vLLM sdists) are checked against the reference loader and used in a reload.
+  functions (from the vLLM sdists) are checked against the reference loader and used in a reload,
+  also under the real method of the vllm-ascend release built against that vLLM (PAIRED_LOADER).
 """
 
 import ast
@@ -770,6 +771,7 @@ _LOADER_FUNCTIONS = ("weight_loader", "_load_w13", "_load_w2", "_load_model_weig
                      "_map_global_expert_id_to_local_expert_id", "_narrow_expert_data_for_padding",
                      "_get_hidden_dim")
 VLLM_LOADERS = {"0.18.0": ("vllm/model_executor/layers/fused_moe/layer.py", "FusedMoE"),
+                "0.23.0": ("vllm/model_executor/layers/fused_moe/layer.py", "FusedMoE"),
                 "0.30.0": ("vllm/model_executor/layers/fused_moe/routed_experts.py", "RoutedExperts")}
 
 
@@ -842,7 +844,8 @@ def test_reference_loader_matches_vllm(vllm_version):
             assert torch.equal(real.w2_weight, ref.w2_weight), (vllm_version, tp_size, rank)
 
 
-@pytest.mark.parametrize("vllm_version, form", [("0.18.0", "parameter"), ("0.30.0", "replace_parameter")])
+@pytest.mark.parametrize("vllm_version, form", [("0.18.0", "parameter"), ("0.23.0", "parameter"),
+                                                 ("0.30.0", "replace_parameter")])
 def test_reload_with_vllms_real_loader(vllm_version, form, fake_ascend, monkeypatch):
     """processed mode runs vLLM's own loader on a transposed view: check it with the real one."""
     RealLayer = real_loader_layer_class(vllm_version)
@@ -857,6 +860,50 @@ def test_reload_with_vllms_real_loader(vllm_version, form, fake_ascend, monkeypa
                                                "context", monkeypatch)
                 assert torch.equal(layer.w13_weight, expected[0]), (vllm_version, mode, tp_size)
                 assert torch.equal(layer.w2_weight, expected[1]), (vllm_version, mode, tp_size)
+
+
+# vllm-ascend release -> the vLLM release it is built against (its versioning_policy.md /
+# Dockerfile VLLM_TAG) whose FusedMoE / RoutedExperts loader it runs unchanged (no override in its
+# ops/fused_moe: read). 0.23.0.post1 changes nothing under ops/fused_moe against 0.23.0 (read).
+PAIRED_LOADER = {"0.18.0": "0.18.0", "0.23.0.post1": "0.23.0", "0.30.0rc2": "0.30.0"}
+
+
+@pytest.mark.parametrize("version", [v for v in PAIRED_LOADER if v in SELECTED])
+def test_release_source_with_its_vllms_real_loader(version, fake_ascend, monkeypatch):
+    """Both halves real: the release's own process_weights_after_loading (NPU tail stubbed) and
+    the weight loader of the vLLM release it pairs with, compiled from that vLLM's sdist."""
+    _, module, form = RELEASES[version]
+    _, source, node = real_method(version)
+    replace_src = REFERENCE_REPLACE_PARAMETER
+    if version in PAIRED_VLLM:
+        replace_src = ast.unparse(_function_source(
+            vllm_source(PAIRED_VLLM[version]) / "vllm/model_executor/utils.py", "replace_parameter"))
+    fake = fake_ascend(fake_module_source(ast.get_source_segment(source, node, padded=True),
+                                          replace_src), module)
+    RealLayer = real_loader_layer_class(PAIRED_LOADER[version])
+    for tp_size in (1, 2):
+        E, H, I = SHAPES[tp_size]
+        for rank in range(tp_size):
+            expected = fresh_expected(fake, RealLayer, tp_size, rank, checkpoint(E, H, I, seed=2))
+            # unpatched: the loader is gone (Parameter replaced) or writes the wrong elements
+            layer = RealLayer(E, H, I, rank, tp_size)
+            layer.load_weights(checkpoint(E, H, I, seed=1))
+            fake.AscendUnquantizedFusedMoEMethod().process_weights_after_loading(layer)
+            try:
+                layer.load_weights(checkpoint(E, H, I, seed=2))
+                right = (torch.equal(layer.w13_weight, expected[0])
+                         and torch.equal(layer.w2_weight, expected[1]))
+            except (AttributeError, RuntimeError):
+                right = False
+            assert not right, (version, tp_size, rank)
+            for mode, caller_processes in (("processed", False), ("processed", True),
+                                           ("preprocessed", False), ("preprocessed", True)):
+                with manager_for(version).patched(NAME) as report:
+                    assert report[NAME].status == "applied", f"{version}: {report[NAME].reason}"
+                    layer, _ = reload_scenario(fake, RealLayer, tp_size, rank, mode,
+                                               caller_processes, "context", monkeypatch)
+                assert torch.equal(layer.w13_weight, expected[0]), (version, mode, tp_size, rank)
+                assert torch.equal(layer.w2_weight, expected[1]), (version, mode, tp_size, rank)
 
 
 def test_reload_with_the_0_11_ascend_loader_override(fake_ascend, monkeypatch):
