@@ -38,6 +38,7 @@ No heavy import at module level.
 import sys
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 __all__ = ["PATCH", "hybrid_cache_class"]
 
@@ -146,6 +147,38 @@ def _check(original):
     return None
 
 
+_REPLACES = Replaces(
+    symbols=(
+        "transformers.cache_utils:HybridCache",
+        "transformers:HybridCache",
+        "transformers.utils.import_utils:_LazyModule.__init__",
+        "transformers.utils.import_utils:_LazyModule.__getattr__",
+    ),
+    copies=(
+        Copy("huggingface/trl", "trl/_compat.py", "_patch_transformers_hybrid_cache",
+             commit="f2cd57710ae3", inventory=45,
+             what="run when `trl` is imported (transformers >= 5.0.0.dev0 and peft < 0.18.0 or "
+                  "liger-kernel < 0.6.5): sets `transformers.cache_utils.HybridCache = Cache` and "
+                  "replaces `_LazyModule.__init__` so that every lazy `transformers` module built "
+                  "afterwards lists `HybridCache` and holds `Cache`. No revert, and it only helps if "
+                  "trl is imported before peft and before transformers' module is re-created. A trl "
+                  "user adopting this record deletes nothing (the hand patch lives inside trl and "
+                  "still runs on its own gate); they import `compat_patches.auto` before trl and "
+                  "peft. Read, not run here: where both are active, a lazy `transformers` module "
+                  "created after trl's import (the one `transformers.processing_utils` re-creates) "
+                  "holds trl's `HybridCache = Cache` as a plain attribute, found before any "
+                  "`__getattr__`, so peft imported after that binds `Cache` (and its Gemma "
+                  "prefix-tuning path raises `TypeError`); the WARNING above names it when the patch "
+                  "is applied after such an import. A project with its own copy of trl's function "
+                  "deletes that copy."),
+    ),
+    note="- Downstream pins instead of patches (no code to delete): environments that bump to "
+         "`peft>=0.18` (Ray's release tests, Azure ML, Open Data Hub images; read in their PRs).\n\n"
+         "liger-kernel < 0.6.5 imports `HybridCache` from `transformers.cache_utils`, which this "
+         "record does not serve (a different distribution's gate, and a plain module attribute "
+         "rather than a lazy-module name); trl's patch covers it for trl users.",
+)
+
 PATCH = Patch(
     name="peft-hybrid-cache-import",
     summary="peft 0.16-0.17 import under Transformers 5: `from transformers import HybridCache` "
@@ -177,4 +210,5 @@ PATCH = Patch(
           "is what peft 0.18 builds on Transformers >= 4.56. Only `from transformers import "
           "HybridCache` is served; `transformers.cache_utils.HybridCache` (liger-kernel < 0.6.5) "
           "is not.",
+    replaces=_REPLACES,
 )

@@ -31,10 +31,18 @@ No heavy import at module level.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Replaces
 
 from . import _moe_conversion as _conv
 
 NAME = "peft-moe-regex-targets"
+
+_REPLACES = Replaces(
+    symbols=(_conv.TARGET,),
+    note="No hand patch of this bug was found by the field inventory of framework mirrors "
+         "(2026-11-28): it lists \"PEFT regex target_modules under tf5 fused MoE\" among the known "
+         "items that do not appear as monkey-patches at those mirrors' HEAD.",
+)
 
 PATCH = Patch(
     name=NAME,
@@ -77,4 +85,5 @@ PATCH = Patch(
         "key) instead of PEFT's leaf names, which would widen it to every layer. Where the scopes agree the "
         "config is PEFT's own."
     ),
+    replaces=_REPLACES,
 )

@@ -27,12 +27,22 @@ No heavy import at module level.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Replaces
 
 from . import _moe_conversion as _conv
 
 __all__ = ["PATCH"]
 
 NAME = "peft-shared-expert-targets"
+
+_REPLACES = Replaces(
+    symbols=(_conv.TARGET,),
+    note="No hand patch of this bug was found by the field inventory of framework mirrors "
+         "(2026-11-28): it lists \"peft DeepSeek-V3 shared experts\" among the known items that do "
+         "not appear as monkey-patches at those mirrors' HEAD. A user who worked around it by "
+         "targeting the shared experts through `target_parameters` / a regex, or by renaming "
+         "targets, can go back to the plain module names.",
+)
 
 PATCH = Patch(
     name=NAME,
@@ -64,4 +74,5 @@ PATCH = Patch(
         "issue 3711 leaves bare names on PEFT's parameter path. Fully qualified names of real modules stay module "
         "targets, as that proposal does."
     ),
+    replaces=_REPLACES,
 )

@@ -30,6 +30,7 @@ Nothing heavy is imported here; the wrapper imports ``transformers.utils`` only 
 import sys
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 _LLAMA_MODULE = "transformers.models.llama.tokenization_llama"
 _BACKEND_MODULE = "transformers.tokenization_utils_tokenizers"
@@ -96,6 +97,32 @@ def _carries_fix(original):
     return None
 
 
+_REPLACES = Replaces(
+    # not AutoTokenizer.from_pretrained: hand patches of it are other features (ms-swift hands a
+    # ready tokenizer back), and the workarounds below act on the loaded tokenizer instead
+    symbols=(_LLAMA_MODULE + ":LlamaTokenizer.from_pretrained",),
+    copies=(
+        Copy("NVIDIA/TensorRT-LLM", "tensorrt_llm/tokenizer", "maybe_fix_byte_level_tokenizer",
+             what="(PR 12829, 13924, 14452) called after `AutoTokenizer.from_pretrained` in "
+                  "`TransformersTokenizer.from_pretrained`, AutoDeploy's `init_tokenizer` and the "
+                  "router's `BlockHashMixin._get_tokenizer`."),
+    ),
+    note="The field inventory of framework mirrors (2026-11-28) found no hand patch of this bug in "
+         "verl, ms-swift, trl, axolotl, LlamaFactory, OpenRLHF, SkyRL, prime-rl, AReaL or slime "
+         "(listed under \"known items that were not found\"). Other workarounds, which a user of "
+         "this record can delete:\n\n"
+         "- **verl#6080** (issue thread, user code): after `AutoTokenizer.from_pretrained`, reassign "
+         "`tokenizer.backend_tokenizer.pre_tokenizer = ByteLevel(add_prefix_space=False)` and "
+         "`.decoder = ByteLevel()`. That repairs only those two components (not the Llama-3 split of "
+         "a `Sequence` pre-tokenizer, nor the BPE model that LlamaTokenizer rebuilt with its own "
+         "options); the record loads the whole file as the fixed releases do.\n"
+         "- **RBLN-SW/rbln-model-zoo PR 87**: loads DeepSeek-R1-Distill-Llama with "
+         "`PreTrainedTokenizerFast.from_pretrained` instead of `AutoTokenizer`.\n"
+         "- Hub-side: setting `\"tokenizer_class\": \"TokenizersBackend\"` (or "
+         "`PreTrainedTokenizerFast`) in the checkpoint's `tokenizer_config.json`, which is what the "
+         "5.22.0 warning asks for.",
+)
+
 PATCH = Patch(
     name="transformers-byte-level-tokenizer",
     summary="AutoTokenizer loads a byte-level BPE tokenizer.json labelled LlamaTokenizer(Fast) "
@@ -129,4 +156,5 @@ PATCH = Patch(
                 "file reached through an untrusted auto_map or a model type mapped to LlamaTokenizer "
                 "(idefics, idefics2) without a label. Direct LlamaTokenizer(Fast).from_pretrained "
                 "calls are left alone, as upstream leaves them (still Metaspace on 5.24.0).",
+    replaces=_REPLACES,
 )

@@ -36,6 +36,7 @@ range stays open.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 NAME = "transformers-gdn-packed-samples"
 
@@ -369,6 +370,59 @@ def _targets():
     return tuple(targets)
 
 
+_TARGETS = _targets()
+
+_REPLACES = Replaces(
+    # the mixer and decoder-layer forwards: hand patches of the model forward are other features
+    # (verl's Ulysses input slicing), so they are not looked for
+    symbols=tuple(target.path for target in _TARGETS
+                  if target.path.endswith(("GatedDeltaNet.forward", "DecoderLayer.forward"))),
+    copies=(
+        Copy("verl-project/verl", "verl/models/transformers/qwen3_5.py", "qwen3_5_gated_delta_net_forward",
+             commit="1dda039b9c63", inventory=4,
+             what="with `qwen3_5_decoder_layer_forward`, installed by "
+                  "`verl/models/transformers/monkey_patch.py` (`Qwen3_5(Moe)GatedDeltaNet.forward`, "
+                  "`Qwen3_5(Moe)DecoderLayer.forward`; verl PR 6660)."),
+        Copy("verl-project/verl", "verl/models/transformers/qwen3_5.py", "qwen3_5_decoder_layer_forward",
+             commit="1dda039b9c63", inventory=4, what="the decoder-layer half of the same patch."),
+        Copy("modelscope/ms-swift", "swift/model/models/qwen.py",
+             "_patch_qwen3_5_linear_attention_sequence_parallel", commit="3602360a5623",
+             what="(PRs 9571, 9696) replaces `Qwen3_5(Moe)GatedDeltaNet.forward` with a padding-free / "
+                  "sequence-parallel forward. The record replaces its packed-sample path; the "
+                  "sequence-parallel path is ms-swift's own feature and stays."),
+        Copy("hiyouga/LlamaFactory", "src/llamafactory/model/patcher.py", "patch_qwen3_5_forward_gpu",
+             commit="ff6d4d12eeb0", inventory=49, what="(PR 10436; copied from axolotl, GPU only)."),
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/monkeypatch/models/qwen3_5/modeling.py",
+             "patch_qwen3_5_modeling_packing", commit="067b021c8b87", inventory=66,
+             what="with `patch_qwen3_5_moe_modeling_packing` (PR 3937): replaces both forwards whole, "
+                  "raises without fla, derives `cu_seqlens` from the flattened `position_ids` (a padded "
+                  "batch is read as packed)."),
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/monkeypatch/models/qwen3_5/modeling.py",
+             "patch_qwen3_5_moe_modeling_packing", commit="067b021c8b87", inventory=66,
+             what="the Qwen3.5-MoE call of the same patch."),
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/monkeypatch/models/qwen3_next/modeling.py",
+             "patch_qwen3_next_modeling_packing", commit="067b021c8b87", inventory=67,
+             what="the same for Qwen3-Next (`patch_qwen3_next_decoder_layer`, "
+                  "`patch_qwen3_next_gateddelta_layer`)."),
+        Copy("PrimeIntellect-ai/prime-rl", "src/prime_rl/trainer/model.py",
+             "_patch_qwen3_5_linear_attn_varlen", commit="559b44772e47", inventory=41),
+        Copy("NVIDIA-NeMo/Automodel",
+             what="PR 2147: `Qwen3_5DecoderLayerWithPacking` (class swap) and `CPAwareGatedDeltaNet` "
+                  "(its own GDN module, Qwen3.5 only)."),
+    ),
+    note="Not replaced: slime PR 1686 fixes its own Megatron linear-attention modules (not "
+         "transformers').\n\n"
+         "Adopting this record, a user deletes those modules and the calls that install them (verl's "
+         "`monkey_patch.py` branch for `qwen3_5` / `qwen3_5_moe`, axolotl's "
+         "`patch_qwen3_5_modeling_packing` / `patch_qwen3_5_moe_modeling_packing` / Qwen3-Next "
+         "equivalents, LlamaFactory's `patch_qwen3_5_forward_gpu` call) and keeps passing "
+         "`position_ids` (and `use_cache=False`) as before. Unlike them, the record covers all five "
+         "models on every release 5.0.0rc0 - 5.25.0 with one mechanism, works without fla (CPU, AMD, "
+         "no-GPU tests), keeps the release's own forward for unpacked input and the cache path, reads "
+         "left padding and padded tails from the mask, takes `cu_seq_lens_q` where given, reports "
+         "drift instead of silently replacing a changed forward, and reverts exactly.",
+)
+
 PATCH = Patch(
     name=NAME,
     summary="keep padding-free packed samples (position_ids restarting at 0, cu_seq_lens_q) apart in "
@@ -382,11 +436,12 @@ PATCH = Patch(
     # targets live in torch modeling code.
     affected={"transformers": ">=5.0.0rc0", "torch": ">=2.0"},
     verified_through={"transformers": "5.25.0"},
-    targets=_targets(),
+    targets=_TARGETS,
     differences="",
     notes="Acts only without a cache (pass use_cache=False in training; a packed input with a cache "
           "warns once per model class). Under torch.compile every wrapped call is a graph break "
           "(fullgraph=True raises). Qwen3.5 5.3+ with 3-row mRoPE position_ids: the model builds its "
           "attention mask without text positions and from 5.4 hands its layers none (only 4-row ids "
           "carry them): pass 4-row ids, or cu_seq_lens_q (5.9+ forwards it to the layers).",
+    replaces=_REPLACES,
 )

@@ -28,6 +28,7 @@ handed.
 import sys
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 ALIAS = "num_experts"
 FIELD = "num_local_experts"
@@ -118,6 +119,30 @@ def _is_not_strict(original):
     return None
 
 
+_REPLACES = Replaces(
+    symbols=(
+        _CLASS + "attribute_map",
+        _CLASS + "num_experts",
+        _CLASS + "__getattribute__",
+        _CLASS + "__setattr__",
+    ),
+    copies=(
+        Copy("huggingface/trl", "trl/trainer/sft_trainer.py", commit="f2cd57710ae3",
+             what="chunked-CE loss, `output_router_logits` branch: for `model_type == \"gpt_oss\"` on "
+                  "transformers `>=5.0.0,<5.6.0` reads `self.num_experts` from the model instead of "
+                  "`config.num_experts` (trl PR 5756)."),
+        Copy("huggingface/trl", "trl/trainer/utils.py", commit="f2cd57710ae3",
+             what="the shared aux-loss helper, the same branch (extended to GRPO/RLOO in trl PR "
+                  "6083)."),
+    ),
+    note="No monkey-patch of this bug was found in the framework mirrors (the field inventory lists "
+         "it as not found); trl works around it in its own code, above, rather than patching "
+         "transformers. With this patch applied those branches are unnecessary (trl's "
+         "`config.num_experts` path works on 5.0.0rc0 - 5.5.4), but they are trl's code and "
+         "harmless: a user deletes only their own copies of such a branch, e.g. a "
+         "`getattr(config, \"num_experts\", config.num_local_experts)` fallback for gpt-oss.",
+)
+
 PATCH = Patch(
     name="transformers-gpt-oss-num-experts",
     summary="GptOssConfig answers num_experts (alias of num_local_experts) as the fixed releases do",
@@ -150,4 +175,5 @@ PATCH = Patch(
           "tiny-GptOssForCausalLM config.json) loads with num_local_experts = 4: the alias write comes "
           "last and wins (transformers PR 45578 proposes removing the alias for that reason). "
           "Unpatched 5.0 - 5.5 keep num_local_experts = 128 and an unused extra num_experts = 4.",
+    replaces=_REPLACES,
 )

@@ -38,6 +38,7 @@ Nothing heavy is imported here: torch, inspect and the shared mechanism only ins
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 NAME = "transformers-mamba2-packed-samples"
 _PRIVATE_POSITIONS = "_compat_patches_position_ids"  # GraniteMoeHybrid: model -> decoder layer
@@ -486,6 +487,48 @@ def _targets():
     return tuple(targets)
 
 
+_REPLACES = Replaces(
+    symbols=tuple(dict.fromkeys(
+        # not the module-level create_causal_mask (GraniteMoeHybrid's copy of the generic mask
+        # function: hand patches of that name are other mask features)
+        [f"{_module(family)}:{attribute}" for family, attribute, _, _, _ in _SHAPES if "." in attribute]
+        + [f"{_module(family)}:{mixer}.{method}"
+           for family, mixer in (("nemotron_h", "NemotronHMamba2Mixer"), ("falcon_h1", "FalconH1Mixer"),
+                                 ("bamba", "BambaMixer"),
+                                 ("granitemoehybrid", "GraniteMoeHybridMambaLayer"))
+           for method in ("cuda_kernels_forward", "torch_forward")])),
+    copies=(
+        Copy("PrimeIntellect-ai/prime-rl", "src/prime_rl/trainer/models/nemotron_h/modeling_nemotron_h.py",
+             commit="559b44772e47", inventory=42,
+             what="its own NemotronH modeling with the Mamba2 mixer's `seq_idx` threaded from packed "
+                  "boundaries (CUDA kernels only)."),
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/monkeypatch/models/nemotron_h/modeling.py",
+             "patch_nemotron_h_modeling_packing", commit="067b021c8b87", inventory=63,
+             what="replaces `NemotronHMamba2Mixer.cuda_kernels_forward` and `.forward` and "
+                  "`NemotronHBlock.forward` with copies that derive `seq_idx` from `position_ids` "
+                  "(`mamba_utils.get_seq_idx`); raises without `causal_conv1d` and leaks on the torch "
+                  "path."),
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/monkeypatch/models/falcon_h1/modeling.py",
+             "patch_falcon_h1_modeling_packing", commit="067b021c8b87", inventory=64,
+             what="replaces `FalconH1Mixer.cuda_kernels_forward` / `.forward` and "
+                  "`FalconH1DecoderLayer.forward` the same way; raises on the torch path (\"requires "
+                  "the CUDA fast path\")."),
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/monkeypatch/models/granitemoehybrid/modeling.py",
+             "patch_granitemoehybrid_modeling_packing", commit="067b021c8b87", inventory=65,
+             what="injects `seq_idx` into `GraniteMoeHybridModel.forward` "
+                  "(`mamba_utils.patch_model_forward_seq_idx`) and forces the slow CUDA path; the "
+                  "attention mask still ignores `position_ids`."),
+    ),
+    note="Adopting this record, a user deletes those modules and their calls (axolotl: "
+         "`patch_nemotron_h_modeling_packing`, `patch_falcon_h1_modeling_packing`, "
+         "`patch_granitemoehybrid_modeling_packing`; prime-rl: the seq_idx plumbing of its NemotronH "
+         "copy) and keeps the rest (axolotl's context-parallel scan correction, "
+         "`wrap_mamba_scan_for_cp`, is a separate matter). Unlike them the record works on CPU and on "
+         "GPU without the kernels, derives the boundaries once per forward for all layers, keeps "
+         "gradient checkpointing on, covers GraniteMoeHybrid's attention, replaces no forward "
+         "wholesale (each wrapper calls the original), and is gated and drift-checked per release.",
+)
+
 PATCH = Patch(
     name=NAME,
     summary="keep packed samples (position_ids restarting at 0) apart in the Mamba2 layers of "
@@ -503,4 +546,5 @@ PATCH = Patch(
           "CUDA-kernel route (seq_idx instead of per-sample runs) is confirmed on a GPU from 5.15 only "
           "(benchmarks/results/packed_mamba2_gpu.md); "
           "GraniteMoeHybrid attention under flash_attention_2 is not covered.",
+    replaces=_REPLACES,
 )

@@ -29,6 +29,7 @@ fingerprints, which run where transformers is already imported.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 # The lines of 5.8.0/5.8.1's PreTrainedModel._init_weights that the wrapper reproduces (std and the
 # Linear/Conv branch) or replaces (the buggy call), stripped of indentation.
@@ -123,6 +124,27 @@ def _init_weights(wrapped, instance, args, kwargs):
     return None
 
 
+_REPLACES = Replaces(
+    symbols=("transformers.modeling_utils:PreTrainedModel._init_weights",),
+    copies=(
+        Copy("axolotl-ai-cloud/axolotl", "src/axolotl/loaders/model.py",
+             "ModelLoader._reinitialize_classification_head", commit="067b021c8b87",
+             what="called from `_apply_post_model_load_setup` for `reward_model` / "
+                  "`process_reward_model` configs, looks for a `score` / `classifier` Linear that is "
+                  "non-finite, has |w| > 100 or is all zeros, and re-draws it with "
+                  "`normal_(0, initializer_range)` and a zero bias. With this record applied, that "
+                  "method and its call can be deleted; unlike it, the record also covers other heads "
+                  "(token classification, value heads with other names), `from_config`, and heads "
+                  "whose garbage happens to look plausible."),
+        Copy("hiyouga/LlamaFactory", "pyproject.toml", commit="ff6d4d12eeb0",
+             what="caps transformers at `<=5.8.0` (also in `src/llamafactory/extras/misc.py`, "
+                  "`check_version`), which still admits the affected 5.8.0. With this record, "
+                  "5.8.0 / 5.8.1 work; the cap is no substitute for the patch."),
+    ),
+    note="The field inventory of framework mirrors found no monkey-patch of `_init_weights` for this "
+         "bug (\"bf16 head init\" is listed among the known items not found).",
+)
+
 PATCH = Patch(
     name="transformers-missing-weights-init",
     summary="initialise bf16/fp16 Linear weights missing from the checkpoint (reward / value / "
@@ -151,4 +173,5 @@ PATCH = Patch(
     notes="No upstream regression test: PR 46030 changed one line of modeling_utils.py. Model "
           "classes whose own _init_weights never reaches PreTrainedModel._init_weights do not "
           "have the bug and are not touched.",
+    replaces=_REPLACES,
 )

@@ -29,6 +29,7 @@ Nothing heavy is imported here: the wrappers only touch the objects they are han
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 _ATTRIBUTE = "ignore_keys_at_rope_validation"
 _MODULE = "transformers.modeling_rope_utils:RotaryEmbeddingConfigMixin."
@@ -77,6 +78,24 @@ def _check_received_keys(wrapped, instance, args, kwargs):
     args, kwargs = _replace_argument(args, kwargs, "ignore_keys", 4)
     return wrapped(*args, **kwargs)
 
+
+_REPLACES = Replaces(
+    symbols=(
+        "transformers.modeling_rope_utils:RotaryEmbeddingConfigMixin.convert_rope_params_to_dict",
+        "transformers.configuration_utils:PreTrainedConfig.convert_rope_params_to_dict",
+        "transformers.configuration_utils:PretrainedConfig.convert_rope_params_to_dict",
+        "transformers.modeling_rope_utils:RotaryEmbeddingConfigMixin._check_received_keys",
+    ),
+    copies=(
+        Copy("modelscope/ms-swift", "swift/infer_engine/vllm_engine.py",
+             "_patch_rope_validation_ignore_keys", commit="3602360a5623", inventory=10,
+             what="patches `transformers:PretrainedConfig.convert_rope_params_to_dict` inside a "
+                  "context manager (RoPE ignore-keys list to set; cites vllm#37338)."),
+    ),
+    note="Adopting this record, a user deletes that context manager and enters "
+         "`compat_patches.patched(\"transformers-rope-ignore-keys\")` where it was entered (or applies "
+         "the record once at start-up).",
+)
 
 PATCH = Patch(
     name="transformers-rope-ignore-keys",
@@ -127,4 +146,5 @@ PATCH = Patch(
           "qwen2_vl, deepseek_v3, ...) hand the keys on to validate_rope and get the `-=` fix "
           "through _check_received_keys; Mistral4Config's own override in 5.4.0 "
           "(`self.ignore_keys_at_rope_validation | argument`) is not patched.",
+    replaces=_REPLACES,
 )

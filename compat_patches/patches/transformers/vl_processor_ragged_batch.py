@@ -21,6 +21,7 @@ Nothing heavy is imported at module level: numpy, inspect and sys come in inside
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 
 _FLAG = "return_mm_token_type_ids"
 # What a transformers tokenizer call can return (BatchEncoding keys), in addition to the
@@ -169,6 +170,29 @@ def _target(module, cls, row_types, params=("self", "images", "text", "videos", 
     )
 
 
+_REPLACES = Replaces(
+    symbols=tuple(f"transformers.models.{module}.processing_{module}:{cls}.__call__"
+                  for module, cls in (("qwen2_vl", "Qwen2VLProcessor"),
+                                      ("qwen2_5_vl", "Qwen2_5_VLProcessor"),
+                                      ("qwen3_vl", "Qwen3VLProcessor"), ("glm4v", "Glm4vProcessor"),
+                                      ("glm46v", "Glm46VProcessor"),
+                                      ("paddleocr_vl", "PaddleOCRVLProcessor"))),
+    copies=tuple(
+        Copy("huggingface/trl", path, commit="f2cd57710ae3", what=f"around line {line}")
+        for path, line in (("trl/trainer/grpo_trainer.py", 1755), ("trl/trainer/rloo_trainer.py", 1160),
+                           ("trl/experimental/gold/gold_trainer.py", 1720))
+    ),
+    note="These trl workarounds were added in trl PR 5503 and are guarded by "
+         "`needs_padding_workaround = Version(\"5.3.0\") <= Version(transformers.__version__) < "
+         "Version(\"5.4.0\")`. Each passes `padding=True` to `processing_class.apply_chat_template(...)` "
+         "and then strips the pad tokens from `input_ids` by `attention_mask`. With this record "
+         "applied, a user deletes the `needs_padding_workaround` flag, the "
+         "`**({\"padding\": True} if needs_padding_workaround else {})` argument and the unpad branch, "
+         "and keeps `prompt_ids = tokenized[\"input_ids\"]`. The field inventory found no hand patch "
+         "of this bug in verl, ms-swift, LlamaFactory, axolotl or OpenRLHF. The scan finds the "
+         "processors' `__call__` patched by hand; trl's inline branches are not patches it can see.",
+)
+
 PATCH = Patch(
     name="transformers-vl-processor-ragged-batch",
     summary="Qwen2-VL / Qwen2.5-VL / Qwen3-VL (Qwen3.5), GLM-4.1V / GLM-4.6V and PaddleOCR-VL "
@@ -202,4 +226,5 @@ PATCH = Patch(
           "with 'pt' raises (tensors need padding=True). Not covered (other ranges): Gemma3's "
           "default token_type_ids (raises on 5.2.0 and 5.3.0), Ernie-4.5-VL-MoE (still raises on "
           "5.4.0), and an explicit return_mm_token_type_ids=True on 5.2.0 and older.",
+    replaces=_REPLACES,
 )

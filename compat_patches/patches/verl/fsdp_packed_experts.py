@@ -24,6 +24,7 @@ stream, 0.7.0 a ``(stream, peft_config)`` pair); 0.7.1 and 0.8.0 add ``**kwargs`
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Replaces
 
 _STREAM_HINT = "unfuse_moe_params"
 
@@ -65,6 +66,15 @@ def _already_unfuses(original):
 
 
 _TARGET = "verl.workers.engine.fsdp.transformer_impl:FSDPEngine.get_per_tensor_param"
+
+_REPLACES = Replaces(
+    symbols=("verl.workers.engine.fsdp.transformer_impl:FSDPEngine.get_per_tensor_param",),
+    note="No hand patch of this bug was found by the field inventory of framework mirrors "
+         "(2026-11-28): it lists \"FSDP packed experts → per-expert vLLM names (verl 6896)\" among the "
+         "known items that do not appear as monkey-patches at those mirrors' HEAD, and notes that "
+         "verl now does this through `resolve_weight_name`, and ms-swift through npu_patch "
+         "expansion.",
+)
 
 PATCH = Patch(
     name="fsdp-packed-experts",
@@ -114,4 +124,5 @@ PATCH = Patch(
         "Same bug, not patched here: trl 1.16.0 VLLMGeneration._iter_named_params streams packed "
         "names; ms-swift 4.6.0 keeps fused tensors on purpose (its own vLLM MoE loader patch)."
     ),
+    replaces=_REPLACES,
 )

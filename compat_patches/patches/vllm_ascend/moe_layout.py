@@ -63,6 +63,7 @@ import _thread
 import os
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 from compat_patches.core.log import DEBUG, WARNING, log
 
 ENV_VAR = "COMPAT_PATCHES_ASCEND_MOE_LAYOUT"
@@ -428,6 +429,35 @@ TARGET_SHAPES = (
     (">=0.27.1rc1", _ROUTED_EXPERTS, "replace_parameter"),
 )
 
+_REPLACES = Replaces(
+    symbols=tuple(dict.fromkeys(path for _, path, _ in TARGET_SHAPES)) + (
+        "vllm.model_executor.layers.fused_moe.layer:FusedMoE.weight_loader",
+    ),
+    copies=(
+        Copy("modelscope/ms-swift", "swift/model/npu_patch/vllm_ascend_moe.py",
+             "_patch_vllm_ascend_moe_post_load", commit="3602360a5623", inventory=21,
+             what="with `_patch_vllm_ascend_moe_sleep_layout` and "
+                  "`patch_vllm_ascend_moe_expert_weight_loader`: vllm-ascend unquantized FusedMoE "
+                  "post-load / sleep layout / expert `weight_loader` (MoE layout after reload)."),
+        Copy("modelscope/ms-swift", "swift/model/npu_patch/vllm_ascend_moe.py",
+             "_patch_vllm_ascend_moe_sleep_layout", commit="3602360a5623", inventory=21,
+             what="the sleep-layout part (wraps `NPUWorker.wake_up`)."),
+        Copy("modelscope/ms-swift", "swift/model/npu_patch/vllm_ascend_moe.py",
+             "patch_vllm_ascend_moe_expert_weight_loader", commit="3602360a5623", inventory=21,
+             what="the expert `weight_loader` part."),
+        Copy("verl-project/verl", "verl/utils/vllm/npu_vllm_patch.py", "_patch_legacy_fused_moe_weight_loader",
+             commit="1dda039b9c63", inventory=7,
+             what="a transpose wrapper around "
+                  "`vllm.model_executor.layers.fused_moe:FusedMoE.weight_loader` (NPU stores w13/w2 "
+                  "transposed, so the raw loader writes the wrong layout; cites vllm-ascend#5915; NPU "
+                  "only, legacy class `FusedMoE`)."),
+    ),
+    note="Related, not replaced: **#6, verl** `verl/utils/vllm/patch.py` "
+         "`patch_vllm_moe_model_weight_loader` gives vLLM's FusedMoE expert parameters (`w13_weight` / "
+         "`w2_weight`) of many model classes a `weight_loader` on every device (\"bug from vllm "
+         "0.8.2\"); this patch gives the loader back only to the experts vLLM-Ascend processed.",
+)
+
 PATCH = Patch(
     name="vllm-ascend-moe-layout",
     summary=("vLLM-Ascend MoE reload writes expert shards into the transposed kernel layout "
@@ -444,4 +474,5 @@ PATCH = Patch(
     ),
     notes=(f"mode: layout_mode('processed'|'preprocessed') or ${ENV_VAR}; default processed. "
            "Needs an NPU to confirm the NZ-format and npu_grouped_matmul behaviour."),
+    replaces=_REPLACES,
 )
