@@ -37,7 +37,7 @@ class VersionSet(NamedTuple):
 
 
 QUICK, FULL = ["quick", "full"], ["full"]
-COMMON = ["tests/test_contract.py", "tests/test_public_api.py"]
+COMMON = ["tests/test_contract.py", "tests/test_public_api.py", "tests/test_report_deep.py"]
 UPSTREAM_RECORDS = "tests/test_upstream_records.py"  # every record's upstream_tests exist
 # The generated contract is the costliest test (a fresh process per ordering); a library's sets prove
 # its own records' contracts, the transformers sets every transformers record's.
@@ -208,6 +208,17 @@ def newest(session):
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / 'newest'}.xml",
                 "-m", "not slow", *(session.posargs or [*LIBRARY_TESTS, *MODELING_COMMON]))
     session.run("python", "tools/audit.py")
+
+
+@nox.session(tags=["quick"])
+def sdist(session):
+    """The sdist is complete: built from the checkout, unpacked, a test set run from it
+    (tests/test_packaging.py, with the wheel's metadata and the CHANGELOG's shape)."""
+    session.install(*TEST_DEPS, "setuptools>=77")
+    session.install("-e", ".")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / 'sdist'}.xml",
+                "tests/test_packaging.py")
 
 
 @nox.session

@@ -4,13 +4,24 @@ Every entry point that patches a process (the launcher's ``sitecustomize``, the 
 ``worker_process_setup_hook``, the pytest plugin, ``compat_patches.auto``, the vLLM plugin) goes
 through :func:`activate`, which
 
-- applies the patches (honouring ``COMPAT_PATCHES_DISABLE`` / ``_ONLY`` / ``_STRICT``),
-- never raises unless strict mode is on: a patch problem, even a misspelt name in an environment
-  variable, is logged and recorded, and the process goes on,
-- logs ONE summary line naming the pid and the entry point (``via``), at WARNING when something
-  drifted or failed, else at INFO,
+- applies the patches (honouring ``COMPAT_PATCHES_DISABLE`` / ``_ONLY`` / ``_STRICT`` /
+  ``_REQUIRE_VERIFIED``),
+- raises only in strict mode (``strict=True`` or ``COMPAT_PATCHES_STRICT=1``): otherwise a patch
+  problem, or a bad value in an environment variable, is logged and recorded, and the process goes
+  on (unpatched where the configuration could not be read),
+- logs ONE line at INFO per process naming the package version, the pid, the entry point (``via``)
+  and what is active, and ONE more at WARNING when something drifted or failed or the configuration
+  is bad (a later activation that changes nothing logs nothing again);
+  ``COMPAT_PATCHES_LOG_FORMAT=json`` makes each one JSON object (see :mod:`compat_patches.core.log`),
 - records an :class:`Activation`, so ``compat_patches.activation.last()`` tells, inside any process,
   whether and how it was patched.
+
+:func:`activate` itself does not validate names up front: entry points that can stop cleanly call
+:func:`validate_environment` first and so do raise on a configuration error, in the user's own
+code, before anything is applied: ``compat_patches.auto`` (which prints the error as one line and
+exits with status 2, SystemExit), the vLLM plugin (``vllm_plugin.register``), the launcher (exit
+status 2) and Ray's ``runtime_env()`` in the driver. The ``sitecustomize`` bootstrap, the Ray worker
+hook and the pytest plugin call :func:`activate` alone.
 
 ``COMPAT_PATCHES_LOG_LEVEL=INFO`` (the launcher's ``-v``) prints the ``compat_patches`` log lines to
 stderr in processes where nobody configured logging (worker processes usually).
@@ -23,13 +34,13 @@ import os
 import sys
 from time import time as _now
 
-from .core.log import INFO, WARNING, log
-
-ENV_LOG_LEVEL = "COMPAT_PATCHES_LOG_LEVEL"
+from .core.log import (ENV_LOG_FORMAT, ENV_LOG_LEVEL, INFO, WARNING, log, log_format, parse_log_format,
+                       parse_log_level)
 
 _lock = _thread.allocate_lock()
 _history = []
 _handler = None
+_announced = {}  # what the last breadcrumb lines of this process said: {"active": key, "problems": key}
 
 
 class Activation:
@@ -97,24 +108,46 @@ def history():
 
 
 def _configure_logging_from_env():
-    """Honour COMPAT_PATCHES_LOG_LEVEL where nobody configured logging (a worker process)."""
+    """Honour COMPAT_PATCHES_LOG_LEVEL / _LOG_FORMAT where nobody configured logging (a worker
+    process); raises InvalidSettingError on a bad value, after configuring what it could."""
+    format_error = None
+    try:
+        json_format = parse_log_format(os.environ.get(ENV_LOG_FORMAT)) == "json"
+    except Exception as exc:
+        json_format, format_error = False, exc
+    level = parse_log_level(os.environ.get(ENV_LOG_LEVEL))
+    if level is not None and _handler is None:
+        _add_handler(level, json_format)
+    if format_error is not None:
+        raise format_error
+
+
+def _add_handler(level, json_format):
     global _handler
-    level_name = os.environ.get(ENV_LOG_LEVEL, "").strip().upper()
-    if not level_name or _handler is not None:
-        return
     import logging
 
     logger = logging.getLogger("compat_patches")
-    level = logging.getLevelName(level_name)
-    if not isinstance(level, int):
-        return
     if logger.level == logging.NOTSET or logger.level > level:
         logger.setLevel(level)
     if not logger.hasHandlers():
         _handler = logging.StreamHandler(sys.stderr)
         _handler.setLevel(level)
-        _handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        # JSON: the message already is the whole object (logger, level, message, fields)
+        _handler.setFormatter(logging.Formatter("%(message)s") if json_format else _TextFormatter())
         logger.addHandler(_handler)
+
+
+def _TextFormatter():
+    """``compat_patches: <message>``, without repeating the name where the message starts with it
+    (the breadcrumb lines, self-contained for the last-resort handler)."""
+    import logging
+
+    class TextFormatter(logging.Formatter):
+        def format(self, record):
+            text = super().format(record)
+            return text if text.startswith("compat_patches ") else f"{record.name}: {text}"
+
+    return TextFormatter("%(message)s")
 
 
 def validate_names(names, source="argument"):
@@ -129,12 +162,16 @@ def validate_names(names, source="argument"):
 
 
 def validate_environment(environ=None):
-    """Check COMPAT_PATCHES_ONLY / COMPAT_PATCHES_DISABLE of `environ` (default os.environ) as the
-    core will read them in the process that gets this environment; raises UnknownPatchError or
-    InvalidSettingError (a bad COMPAT_PATCHES_STRICT value, a list naming nothing)."""
+    """Check the COMPAT_PATCHES_* variables of `environ` (default os.environ) as the process that
+    gets this environment will read them: ONLY / DISABLE (names), STRICT / REQUIRE_VERIFIED
+    (switches), LOG_LEVEL and LOG_FORMAT. Raises UnknownPatchError or InvalidSettingError (both
+    CompatPatchesError), naming the variable, its value and what is accepted."""
     import compat_patches
 
+    environ = os.environ if environ is None else environ
     compat_patches._default_manager().check_environment(environ)
+    parse_log_level(environ.get(ENV_LOG_LEVEL))
+    parse_log_format(environ.get(ENV_LOG_FORMAT))
 
 
 def activate(via, *, only=None, exclude=None, strict=None):
@@ -143,7 +180,11 @@ def activate(via, *, only=None, exclude=None, strict=None):
     Raises only in strict mode (`strict=True` or COMPAT_PATCHES_STRICT=1); otherwise every
     problem is logged and kept in the returned Activation's `error` / `report`.
     """
-    _configure_logging_from_env()
+    setting_error = None
+    try:
+        _configure_logging_from_env()
+    except Exception as exc:  # a bad LOG_LEVEL / LOG_FORMAT: patch anyway, report it
+        setting_error = f"{type(exc).__name__}: {exc}"
     report, error = None, None
     try:
         import compat_patches
@@ -158,17 +199,74 @@ def activate(via, *, only=None, exclude=None, strict=None):
                 report = compat_patches.report()
             except Exception:  # e.g. the same misspelt name in the environment
                 report = None
-        record = _record(via, report, error)
+        record = _record(via, report, _joined(setting_error, error), announce=not strict)
         if strict:
             raise
         return record
-    return _record(via, report, error)
+    return _record(via, report, setting_error)
 
 
-def _record(via, report, error):
+def _joined(*errors):
+    errors = [e for e in errors if e]
+    return "; ".join(errors) if errors else None
+
+
+def _record(via, report, error, announce=True):
     activation = Activation(via=via, pid=os.getpid(), report=report, error=error)
     with _lock:
         _history.append(activation)
-    log(INFO if activation.ok else WARNING, "activated in pid %d via %s: %s", activation.pid, via,
-        activation.summary())
+    if announce:
+        _announce(activation)
     return activation
+
+
+def _versions(report):
+    versions = {}
+    for entry in report or ():
+        versions.update({d: v for d, v in entry.versions.items() if v is not None})
+    return versions
+
+
+def _announce(activation):
+    """The breadcrumb: one INFO line with what is active, one WARNING line with what went wrong;
+    each only when it says something the last one of this process did not."""
+    from compat_patches import __version__
+
+    report = activation.report
+    active = [entry.name for entry in report if entry.active] if report is not None else []
+    statuses = {entry.name: entry.status for entry in report} if report is not None else {}
+    counts = {}
+    for name, status in statuses.items():
+        if name not in active:
+            counts[status] = counts.get(status, 0) + 1
+    head = f"compat_patches {__version__} in pid {activation.pid} via {activation.via}"
+    import compat_patches
+
+    manager = id(compat_patches._manager)  # a new set of records (tests swap it) is news
+    key = (manager, tuple(active), tuple(statuses.items()), activation.error is None)
+    if _announced.get("active") != key:
+        _announced["active"] = key
+        named = [name + ("" if statuses[name] == "applied" else f" ({statuses[name]})") for name in active]
+        text = (f"{head}: active: {', '.join(named) or 'none'}"
+                + (f"; {len(active)} of {len(statuses)} records ("
+                   + ", ".join(f"{n} {status}" for status, n in counts.items()) + ")" if counts else ""))
+        log(INFO, "%s", text, fields={
+            "event": "compat_patches.active", "version": __version__, "pid": activation.pid,
+            "via": activation.via, "active": active, "statuses": statuses, "versions": _versions(report),
+            "argv": list(activation.argv)} if log_format() == "json" else None)
+    problems = {entry.name: f"{entry.status}: {entry.reason}" for entry in report or ()
+                if entry.status in ("drifted", "failed")}
+    if not problems and activation.error is None:
+        return
+    key = (manager, tuple(problems.items()), activation.error)
+    if _announced.get("problems") == key:
+        return
+    _announced["problems"] = key
+    parts = [f"{name} {finding}" for name, finding in problems.items()]
+    if activation.error is not None:
+        parts.append(("not applied: " if report is None else "") + activation.error)
+    log(WARNING, "%s", f"{head}: " + "; ".join(parts), fields={
+        "event": "compat_patches.problems", "version": __version__, "pid": activation.pid,
+        "via": activation.via, "drifted": {n: r for n, r in problems.items() if r.startswith("drifted")},
+        "failed": {n: r for n, r in problems.items() if r.startswith("failed")},
+        "error": activation.error} if log_format() == "json" else None)

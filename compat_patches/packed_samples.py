@@ -277,15 +277,6 @@ def _replaced(wrapped, args, kwargs, name, value):
     return args, dict(kwargs, **{name: value})
 
 
-def takes_boundaries(original):
-    """`check=` of a model forward target: it must take attention_mask and position_ids."""
-    import inspect
-
-    names = inspect.signature(original).parameters
-    missing = [name for name in ("attention_mask", "position_ids") if name not in names]
-    return f"its forward takes no {', '.join(missing)}" if missing else None
-
-
 # --- the model forward: one resolution, and the attention mask ---------------------------------
 
 _warned = set()

@@ -107,11 +107,11 @@ def test_only_flag_reaches_every_process(site):
 def test_verbose_prints_one_activation_line_per_process(site):
     """(Python helpers count too: spawn's resource tracker is a patched process of its own.)"""
     states, result = _train(site, "-v")
-    lines = [line for line in result.stderr.splitlines() if "activated in pid" in line]
+    lines = [line for line in result.stderr.splitlines() if " in pid " in line and " via " in line]
     for state in states.values():
-        mine = [line for line in lines if f"activated in pid {state['pid']} via " in line]
+        mine = [line for line in lines if f"in pid {state['pid']} via " in line]
         assert len(mine) == 1, result.stderr
-        assert "via sitecustomize: fake-fix=deferred, fake-drifted=deferred" in mine[0]
+        assert "via sitecustomize: active: fake-fix (deferred), fake-drifted (deferred)" in mine[0]
 
 
 @pytest.mark.parametrize("args, env, message", [

@@ -178,9 +178,10 @@ def test_setup_applies_and_reports_a_drift_without_raising(fake_default, caplog)
     assert activation.report["fake-drifted"].status == "drifted"
     assert not activation.ok
     assert fake_default.Base().method(2) == ("fake-fix", ("original", 2))
-    warning = [r for r in caplog.records if "activated in pid" in r.getMessage()]
-    assert len(warning) == 1 and warning[0].levelname == "WARNING"
-    assert "via ray: fake-fix=applied, fake-drifted=drifted" in warning[0].getMessage()
+    lines = [r for r in caplog.records if f"in pid {os.getpid()} via ray" in r.getMessage()]
+    assert [r.levelname for r in lines] == ["INFO", "WARNING"]
+    assert "via ray: active: fake-fix; 1 of 2 records (1 drifted)" in lines[0].getMessage()
+    assert "via ray: fake-drifted drifted: target" in lines[1].getMessage()
     compat_patches.revert_all()
     assert vars(fake_default.Base)["method"] is original
 
@@ -258,8 +259,10 @@ def test_ray_actor_and_task_workers_are_patched(ray_string_hook):
     # the worker's own log has the drift and the one activation line, with its pid
     pid = out["actor"]["pid"]
     assert "fake-drifted: drifted (target fake_target:Base.method signature changed" in out["actor_log"]
-    assert (f"activated in pid {pid} via ray: fake-fix=applied, fake-drifted=drifted, "
-            "fake-not-needed=not-needed") in out["actor_log"], out["actor_log"][-2000:]
+    assert (f"compat_patches {compat_patches.__version__} in pid {pid} via ray: active: fake-fix; "
+            "1 of 3 records (1 drifted, 1 not-needed)") in out["actor_log"], out["actor_log"][-2000:]
+    assert (f"in pid {pid} via ray: fake-drifted drifted: target fake_target:Base.method signature "
+            "changed") in out["actor_log"], out["actor_log"][-2000:]
 
 
 @pytest.mark.requires(ray=">=2.9")

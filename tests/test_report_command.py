@@ -1,10 +1,15 @@
 """Input edges of ``python -m compat_patches``, each run in a fresh interpreter.
 
-- a configuration error (unknown name in COMPAT_PATCHES_ONLY / _DISABLE) is one clean line, status 2;
+- a configuration error (unknown name in COMPAT_PATCHES_ONLY / _DISABLE, a bad COMPAT_PATCHES_STRICT,
+  _LOG_LEVEL or _LOG_FORMAT) is one clean line, status 2;
 - a reader that closes the pipe early ends the command quietly (status 141, nothing on stderr);
 - stdout carries only the report, whatever the imported libraries print, log or warn, at import or
-  at exit (transformers' "PyTorch was not found" banner, vLLM's log lines);
-- strict mode still prints the report, and exits 1 when a patch drifted;
+  at exit (transformers' "PyTorch was not found" banner, vLLM's log lines: ``--deep`` imports them);
+- strict mode still prints the report, and exits 1 when a patch drifted (in both modes);
+- the words: one finding per record, the same in the table and in ``--json``, a summary line and
+  what to do next; ``--json`` keeps every key of PatchReport.to_dict and adds its own;
+- the table fits $COLUMNS / the terminal, and has whole lines when piped;
+- ``--version``;
 - ``--markdown`` prints the registry's table, ``--update FILE`` rewrites it in place.
 """
 
@@ -18,6 +23,8 @@ import textwrap
 import pytest
 
 import compat_patches
+from compat_patches import __main__ as command
+from compat_patches.core.report import FINDING_WORDS, PatchReport
 from compat_patches.core.table import END, START, markdown_table
 from compat_patches.core.versions import in_range, installed_version
 from compat_patches.patches import ALL_PATCHES
@@ -27,7 +34,7 @@ NAMES = compat_patches.patch_names()
 
 
 def base_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPAT_PATCHES_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPAT_PATCHES_") and k != "COLUMNS"}
     env.update(extra)
     return env
 
@@ -53,9 +60,25 @@ def assert_clean_error(proc, *fragments):
         assert fragment in lines[0]
 
 
+HEADER = ["patch", "finding", "reason"]
+
+
+def table_rows(stdout):
+    """{patch: its row's first line} of the command's table; checks the header on the way."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == HEADER)
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        if not line.startswith(" "):
+            rows[line.split()[0]] = line
+    return rows
+
+
 # -- configuration errors -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [(), ("--json",), ("--lazy",)])
+@pytest.mark.parametrize("args", [(), ("--json",), ("--lazy",), ("--deep",)])
 @pytest.mark.parametrize("variable", ["COMPAT_PATCHES_ONLY", "COMPAT_PATCHES_DISABLE"])
 def test_unknown_name_in_environment_is_one_clean_line(variable, args):
     proc = run(*args, env=base_env(**{variable: "rope"}))
@@ -84,6 +107,16 @@ def test_bad_setting_is_one_clean_line(variable, value):
         pytest.skip(f"this core accepts {variable}={value!r}")
     proc = run("--json", env=base_env(**{variable: value}))
     assert_clean_error(proc, variable)
+
+
+@pytest.mark.parametrize("variable, value, accepted", [
+    ("COMPAT_PATCHES_LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    ("COMPAT_PATCHES_LOG_FORMAT", "xml", "text or json"),
+])
+@pytest.mark.parametrize("args", [(), ("--json",)])
+def test_bad_log_setting_is_one_clean_line(variable, value, accepted, args):
+    proc = run(*args, env=base_env(**{variable: value}))
+    assert_clean_error(proc, variable, repr(value), accepted)
 
 
 def test_known_names_in_environment_still_report():
@@ -152,7 +185,7 @@ def noisy_vllm(tmp_path):
 
 @pytest.mark.parametrize("json_output", [False, True])
 def test_import_noise_stays_off_stdout(noisy_vllm, json_output):
-    args = ["--json"] if json_output else []
+    args = ["--deep"] + (["--json"] if json_output else [])
     proc = run(*args, env=with_path(base_env(), noisy_vllm))
     assert proc.returncode == 0, proc.stderr
     assert "NOISE" not in proc.stdout
@@ -162,15 +195,23 @@ def test_import_noise_stays_off_stdout(noisy_vllm, json_output):
     if json_output:
         statuses = {e["name"]: e["status"] for e in json.loads(proc.stdout)}
     else:
-        lines = proc.stdout.splitlines()
-        assert lines[0].split() == ["patch", "library", "range", "status", "reason"]
-        statuses = {line.split()[0]: line for line in lines[2:] if not line.startswith("note:")}
+        statuses = table_rows(proc.stdout)
     assert set(statuses) == set(NAMES)
     assert "drifted" in statuses["vllm-fused-expert-kwargs"]
 
 
-def test_strict_mode_prints_the_report_then_fails(noisy_vllm):
-    proc = run("--json", env=with_path(base_env(COMPAT_PATCHES_STRICT="1"), noisy_vllm))
+def test_the_default_report_reads_the_noisy_module_without_running_it(noisy_vllm):
+    proc = run("--json", env=with_path(base_env(), noisy_vllm))
+    assert proc.returncode == 0, proc.stderr
+    assert "NOISE" not in proc.stdout + proc.stderr  # never executed
+    entry = {e["name"]: e for e in json.loads(proc.stdout)}["vllm-fused-expert-kwargs"]
+    assert entry["status"] == entry["finding"] == "drifted"
+    assert "is missing" in entry["reason"]
+
+
+@pytest.mark.parametrize("mode", [(), ("--deep",)], ids=["source", "deep"])
+def test_strict_mode_prints_the_report_then_fails(noisy_vllm, mode):
+    proc = run("--json", *mode, env=with_path(base_env(COMPAT_PATCHES_STRICT="1"), noisy_vllm))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     statuses = {e["name"]: e["status"] for e in json.loads(proc.stdout)}
@@ -199,15 +240,14 @@ def test_transformers_banner_stays_off_stdout(tmp_path, json_output, extra_env):
         info.mkdir()
         (info / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 5.9.0\n")
         with_path(env, tmp_path)
-    proc = run(*(["--json"] if json_output else []), env=env)
+    proc = run("--deep", *(["--json"] if json_output else []), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "PyTorch was not found" in proc.stderr  # the banner was printed, on stderr
     assert "PyTorch" not in proc.stdout
     if json_output:
         assert [e["name"] for e in json.loads(proc.stdout)] == list(NAMES)
     else:
-        assert proc.stdout.splitlines()[0].split() == ["patch", "library", "range", "status",
-                                                       "reason"]
+        assert set(table_rows(proc.stdout)) == set(NAMES)
 
 
 # -- --markdown ----------------------------------------------------------------------------------
@@ -258,3 +298,96 @@ def test_package_import_does_not_load_the_command_or_the_table():
                           env=base_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[-2] == "[]"
+
+
+# -- the words, the summary, the width, the version -----------------------------------------------
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout == f"compat_patches {compat_patches.__version__}\n"
+
+
+@pytest.mark.parametrize("mode", [(), ("--lazy",)], ids=["source", "lazy"])
+def test_table_and_json_say_the_same_words(mode):
+    table, data = run(*mode), run("--json", *mode)
+    assert table.returncode == 0 and data.returncode == 0, table.stderr + data.stderr
+    entries = json.loads(data.stdout)
+    rows = table_rows(table.stdout)
+    assert list(rows) == [e["name"] for e in entries] == list(NAMES)
+    for entry in entries:
+        assert entry["finding"] in FINDING_WORDS
+        assert rows[entry["name"]].split()[1] == entry["finding"]
+        # every key PatchReport.to_dict always had, with its meaning (status: what apply_all says)
+        assert set(compat_patches.report()[entry["name"]].to_dict()) <= set(entry)
+        assert entry["compat_patches"] == compat_patches.__version__
+        assert entry["mode"] == ("lazy" if mode else "source")
+    first = table.stdout.splitlines()[0]
+    assert first.startswith(f"compat_patches {compat_patches.__version__} on Python ")
+    needed = [e["name"] for e in entries if e["finding"] == "needed"]
+    assert f"{len(needed)} of {len(NAMES)} records fix a bug in this environment" in table.stdout
+    assert "Next: " in table.stdout
+
+
+def test_the_table_fits_columns_and_is_whole_when_piped():
+    for columns in (80, 100, 160):
+        fitted = run(env=base_env(COLUMNS=str(columns)))
+        assert fitted.returncode == 0, fitted.stderr
+        assert max(len(line) for line in fitted.stdout.splitlines()) <= columns
+        assert all(name in fitted.stdout for name in NAMES)
+    piped = run()  # captured: not a terminal, no COLUMNS
+    rows = table_rows(piped.stdout)
+    table = piped.stdout.splitlines()
+    start = table.index(next(line for line in table if line.split() == HEADER))
+    body = table[start + 2:start + 2 + len(rows)]
+    assert [line.split()[0] for line in body] == list(NAMES)  # one whole line per record
+
+
+def _finding(name, status, reason, unchecked=(), hand=None, versions=None):
+    entry = PatchReport(name=name, status=status, reason=reason, versions=versions or {"lib": "1.0"},
+                        affected={"lib": ">=1"})
+    return command.Finding(entry, "source-partly" if unchecked else "source", unchecked, hand)
+
+
+def test_the_summary_says_what_to_do_next():
+    findings = [
+        _finding("needed-one", "applied", "lib 1.0 has the bug"),
+        _finding("gone-one", "not-needed", "lib 1.0 is outside the affected range", hand="docs/patches/gone-one.md#replaces"),
+        _finding("changed-one", "drifted", "target lib.m:f signature changed"),
+        _finding("partly-one", "applied", "lib 1.0 has the bug", unchecked=["lib.m:g: it reads sys.modules"]),
+        _finding("absent-one", "not-installed", "other is not installed", versions={"other": None}),
+    ]
+    text = command.render(findings, "source", width=100)
+    assert "2 of 5 records fix a bug in this environment (needed-one, partly-one); 1 not-needed, " \
+           "1 not-installed, 1 drifted." in " ".join(text.split())
+    flat = " ".join(text.split())
+    assert "import compat_patches.auto" in flat and "compat-patches-run python train.py" in flat
+    assert "changed-one: the installed release has the bug but its code is not what the record was " \
+           "written for, so the patch stays off" in flat
+    assert "hand patches of these bugs that the pages list can go: gone-one (docs/patches/gone-one.md#replaces)" in flat
+    assert "python -m compat_patches --deep" in flat
+    assert "installed: lib 1.0; not installed: other" in flat
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+PAGES = {
+    "listed": "# x\n\n## Replaces\n\nHand patches of this bug found by the inventory:\n\n- **#1, tool** `a.py`: patches f.\n\n## Next\n",
+    "generated": ("# x\n\n## Replaces\n\n<!-- replaces:start -->\nKnown hand patches and workarounds of this "
+                  "bug:\n\n- **tool** `b.py`: wraps g.\n<!-- replaces:end -->\n"),
+    "none-found": "# x\n\n## Replaces\n\nNo hand patch of this bug was found by the inventory: it lists\n\n- a thing\n",
+    "none-known": "# x\n\n## Replaces\n\n<!-- replaces:start -->\nNo known hand patch.\n<!-- replaces:end -->\n",
+    "no-section": "# x\n\n## Measured\n\n- a row\n",
+    "no-bullets": "# x\n\n## Replaces\n\nHand patches: see the inventory.\n",
+}
+
+
+def test_hand_patches_come_from_the_pages_replaces_section(tmp_path):
+    (tmp_path / "patches").mkdir()
+    for name, text in PAGES.items():
+        (tmp_path / "patches" / f"{name}.md").write_text(text)
+    found = {name: command.hand_patches(name, docs=str(tmp_path)) for name in [*PAGES, "no-page"]}
+    assert found == {"listed": "docs/patches/listed.md#replaces", "generated": "docs/patches/generated.md#replaces",
+                     "none-found": None, "none-known": None, "no-section": None, "no-bullets": None,
+                     "no-page": None}
+    # the real pages, next to the package (a checkout or an unpacked sdist): ms-swift's RoPE hand patch
+    assert command.hand_patches("transformers-rope-ignore-keys") == \
+        "docs/patches/transformers-rope-ignore-keys.md#replaces"

@@ -55,3 +55,13 @@ def _parse(function):
         body = body[1:]
     return ([ast.unparse(d) for d in node.decorator_list],
             "\n".join(ast.unparse(statement) for statement in body))
+
+
+def missing_parameters(function, names):
+    """Why `function` is not the shape a wrapper reads by name: the `names` its signature lacks, or
+    None (a `check=` helper for targets whose wrapper binds arguments by name)."""
+    import inspect
+
+    found = inspect.signature(function).parameters
+    missing = [name for name in names if name not in found]
+    return f"its signature has no {', '.join(missing)}" if missing else None

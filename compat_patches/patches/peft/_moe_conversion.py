@@ -418,10 +418,10 @@ def make_wrapper(kind, owner):
 
 def check_tables(original):
     """Drift check shared by both records: PEFT's conversion tables are still where the converter reads them."""
-    module = sys.modules.get(getattr(original, "__module__", None) or "")
-    if module is None:
-        return f"module of {original!r} is not imported"
-    missing = [name for name in PEFT_TABLES if not hasattr(module, name)]
+    from compat_patches.core.source_check import defines
+
+    module = getattr(original, "__module__", None) or ""
+    missing = [name for name in PEFT_TABLES if not defines(f"{module}:{name}")]
     if missing:
-        return f"{module.__name__} lacks {', '.join(missing)} (PEFT's MoE conversion tables moved)"
+        return f"{module} lacks {', '.join(missing)} (PEFT's MoE conversion tables moved)"
     return None

@@ -90,9 +90,9 @@ def _route_byte_level(wrapped, instance, args, kwargs):
 
 def _carries_fix(original):
     """A build (a 5.22 development install) whose AutoTokenizer already routes byte-level files."""
-    backend = sys.modules.get(_BACKEND_MODULE)
-    if backend is not None and hasattr(getattr(backend, "TokenizersBackend", None),
-                                       "_tokenizer_json_has_byte_level"):
+    from compat_patches.core.source_check import defines
+
+    if defines(f"{_BACKEND_MODULE}:TokenizersBackend._tokenizer_json_has_byte_level"):
         return "TokenizersBackend._tokenizer_json_has_byte_level exists (AutoTokenizer routes byte-level files)"
     return None
 

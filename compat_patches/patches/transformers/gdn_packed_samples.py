@@ -337,11 +337,9 @@ def _mixer_fixed(original):
 
 def _reads(original, names):
     """Drift: the parameters a wrapper reads by name are gone from the real signature."""
-    import inspect
+    from compat_patches.core.source import missing_parameters
 
-    found = inspect.signature(_real(original)).parameters
-    missing = [name for name in names if name not in found]
-    return f"its forward takes no {', '.join(missing)}" if missing else None
+    return missing_parameters(_real(original), names)
 
 
 def _layer_check(original):
@@ -351,9 +349,7 @@ def _layer_check(original):
 # --- targets -----------------------------------------------------------------------------------------
 
 def _model_check(original):
-    from compat_patches import packed_samples
-
-    return packed_samples.takes_boundaries(original)
+    return _reads(original, ("attention_mask", "position_ids"))
 
 
 def _targets():

@@ -99,8 +99,12 @@ def _set_strict(wrapped, instance, args, kwargs):
 
 def _already_aliased(original):
     """A build inside the range that already carries PR 45473 (a 5.6.0.dev0 source install)."""
-    config_class = getattr(sys.modules.get(_MODULE), "GptOssConfig", None)
-    mapping = getattr(config_class, "attribute_map", None) or {}
+    from compat_patches.core.source_check import source_object
+
+    try:
+        mapping = source_object(f"{_MODULE}:GptOssConfig.attribute_map") or {}
+    except LookupError:
+        mapping = {}
     if mapping.get(ALIAS) == FIELD:
         return "GptOssConfig.attribute_map already maps num_experts to num_local_experts"
     return None

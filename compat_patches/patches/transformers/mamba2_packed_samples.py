@@ -459,9 +459,9 @@ def _mask_has_position_ids(original):
 
 
 def _model_takes_boundaries(original):
-    from compat_patches import packed_samples
+    from compat_patches.core.source import missing_parameters
 
-    return packed_samples.takes_boundaries(original)
+    return missing_parameters(original, ("attention_mask", "position_ids"))
 
 
 _MIXER_CLASSES = frozenset(attribute.split(".")[0] for _, attribute, wrapper, _, _ in _SHAPES
