@@ -57,12 +57,23 @@ LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", "tests/test_pac
 # transformers' own common model tests (ModelTesterMixin from the release's sdist) against every model
 # the packed-samples records wrap, patched and unpatched
 MODELING_COMMON = ["tests/test_modeling_common_harness.py"]
+MODELING_COMMON_DEPS = ["parameterized", "pytest-timeout"]
 # the report command with transformers but no torch (its banner must stay off stdout)
 REPORT_COMMAND = "tests/test_report_command.py"
 # What verl's modules import (its declared requirements pull wandb, tensorboard, full Ray, torchdata).
 VERL_IMPORTS = ["ray==2.60.0", "msgpack", "protobuf", "requests", "jsonschema", "tensordict==0.10.0",
                 "pyvers", "cloudpickle", "omegaconf", "peft", "accelerate", "datasets", "pandas",
                 "pyarrow", "pillow", "codetiming", "orjson"]
+
+
+def trl_requirements(version):
+    return [f"trl=={version}", "datasets", "requests"]
+
+
+# the Trainer-loss records under trl's trainers: trl 0.29.0 is the oldest trl that imports under
+# transformers 5 (the newest, 1.16.0, runs in the transformers-5.25.0 set)
+TRL = ["tests/patches/transformers/test_trainer_loss_trl.py", "tests/patches/transformers/test_stale_loss_kwargs.py",
+       "tests/patches/transformers/test_trainer_loss_overrides.py"]
 
 
 VLLM = ["tests/patches/vllm", "tests/upstream/vllm", "tests/test_vllm_plugin.py", *COMMON,
@@ -101,9 +112,12 @@ VERSION_SETS = {
     "wrapt-2.4.0": VersionSet(["wrapt==2.4.0"], False, QUICK, ["tests/core", *COMMON]),  # setup.cfg's floor
     # newest transformers: oracles of the tensor helpers, not-needed checks, vllm-ascend sources (ast),
     # the audit of uncovered classes (tools/audit.py)
-    "transformers-5.25.0": VersionSet(["transformers==5.25.0", "accelerate", "pillow"], True, QUICK, LIBRARY_TESTS),
+    # the Trainer-loss records under the newest trl's trainers, and transformers' own common model tests
+    # for one family per packed-samples record (the full-only modeling-common set: every family)
+    "transformers-5.25.0": VersionSet(["transformers==5.25.0", "accelerate", "pillow", *MODELING_COMMON_DEPS,
+                                       *trl_requirements("1.16.0")], True, QUICK, [*LIBRARY_TESTS, *MODELING_COMMON]),
     "transformers-5.25.0-modeling-common": VersionSet(
-        ["transformers==5.25.0", "accelerate", "parameterized", "pytest-timeout"], True, QUICK, MODELING_COMMON),
+        ["transformers==5.25.0", "accelerate", *MODELING_COMMON_DEPS], True, FULL, MODELING_COMMON),
     # transformers records, each range measured on every 5.x release (docs/patches/transformers-*):
     # rope = rope-ignore-keys, tok = byte-level-tokenizer, init = missing-weights-init,
     # vl = vl-processor-ragged-batch, gpt = gpt-oss-num-experts
@@ -119,6 +133,8 @@ VERSION_SETS = {
        for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
                  "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.16.1", "5.17.0", "5.20.0", "5.21.1", "5.22.0",
                  "5.23.0", "5.24.0")},
+    "trl-0.29.0": VersionSet(["transformers==5.24.0", "accelerate", "pillow", *trl_requirements("0.29.0")],
+                             True, FULL, TRL),
     # fsdp-packed-experts: verl's real FSDP engine on CPU (gloo, world size 1)
     "verl-0.8.0": verl("0.8.0", "5.9.0", QUICK),  # packed keys streamed; the patch expands them
     "verl-0.9.1": verl("0.9.1", "5.9.0", FULL),   # fixed upstream: not-needed, same stream as ours
@@ -196,17 +212,20 @@ def _newest_release(project):
 
 @nox.session(tags=["newest"])
 def newest(session):
-    """The newest transformers, peft and accelerate on PyPI right now: every record's tests, the
+    """The newest transformers, peft, accelerate and trl on PyPI right now: every record's tests, the
     packed-samples records against transformers' own model tests, and the audit of what no record
     covers (`nox -t newest`; vLLM's sets need a pinned requirements file each, see docs/matrix.md)."""
-    pins = [f"{project}=={_newest_release(project)}" for project in ("transformers", "peft", "accelerate")]
+    pins = [f"{project}=={_newest_release(project)}" for project in ("transformers", "peft", "accelerate", "trl")]
     session.log("newest: " + ", ".join(pins))
     _shared_torch(session)
-    session.install(*TEST_DEPS, "pillow", "parameterized", "pytest-timeout", *pins)
+    session.install(*TEST_DEPS, "pillow", *MODELING_COMMON_DEPS, "datasets", "requests", *pins)
     session.install("-e", ".")
     REPORTS.mkdir(parents=True, exist_ok=True)
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / 'newest'}.xml",
-                "-m", "not slow", *(session.posargs or [*LIBRARY_TESTS, *MODELING_COMMON]))
+                "-m", "not slow", *(session.posargs or LIBRARY_TESTS))
+    if not session.posargs:  # every family the packed-samples records wrap
+        session.run("python", "-m", "pytest", "-p", "no:cacheprovider",
+                    f"--junitxml={REPORTS / 'newest-modeling-common'}.xml", *MODELING_COMMON)
     session.run("python", "tools/audit.py")
 
 

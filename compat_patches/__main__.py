@@ -79,13 +79,15 @@ def _parser():
 
 def main(argv=None):
     """Run the command; returns the exit status. Stdout is given back before returning."""
-    if argv is None:
-        argv = sys.argv[1:]
+    return _dispatch(sys.argv[1:] if argv is None else argv, keep_stdout_diverted=False)
+
+
+def _dispatch(argv, *, keep_stdout_diverted):
     if argv and argv[0] == "scan":
         from .scan import main as scan_main
 
         return scan_main(argv[1:])
-    return _main(argv, keep_stdout_diverted=False)
+    return _main(argv, keep_stdout_diverted=keep_stdout_diverted)
 
 
 def _main(argv, *, keep_stdout_diverted):
@@ -518,4 +520,4 @@ class _ReportOutput:
 
 
 if __name__ == "__main__":
-    sys.exit(_main(None, keep_stdout_diverted=True))
+    sys.exit(_dispatch(sys.argv[1:], keep_stdout_diverted=True))

@@ -491,7 +491,7 @@ def test_command_text_json_and_exit_status(tmp_path):
         m.Qwen3_5MoeGatedDeltaNet.forward = None
     """})
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = [sys.executable, "-m", "compat_patches.scan", str(tmp_path)]
+    run = [sys.executable, "-m", "compat_patches", "scan", str(tmp_path)]  # the documented command
     text = subprocess.run(run + ["--for", "transformers==5.5.0,torch==2.9.0"], capture_output=True,
                           text=True, env=env)
     assert text.returncode == 0, text.stderr

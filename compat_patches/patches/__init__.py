@@ -18,8 +18,10 @@ from .vllm import (
     flashinfer_moe_layout,
     fused_expert_kwargs,
     hybrid_fp8_kv_wake,
+    hyv4_fused_expert_kwargs,
     layerwise_reload_numel,
     moe_reprocess_storage,
+    stateless_pg_ipv6,
 )
 from .vllm_ascend import moe_layout
 
@@ -43,4 +45,6 @@ ALL_PATCHES = (
     hybrid_fp8_kv_wake.PATCH,
     moe_reprocess_storage.PATCH,
     flashinfer_moe_layout.PATCH,
+    hyv4_fused_expert_kwargs.PATCH,
+    stateless_pg_ipv6.PATCH,
 )

@@ -20,15 +20,29 @@ Two defects break that on transformers 5 (measured on every release, the docs pa
    accumulation steps once more (DeepSpeed excepted, which does not divide there). Fixed by upstream
    PR 45349 in 5.5.4 / 5.6.0: ``num_steps=1`` for the plugin, always.
 
-Targets: ``Trainer._get_num_items_in_batch`` (same signature on every affected release): the
-original gets shallow copies of the batches whose ``labels`` are what upstream counts, and does the
-rest (distributed gathering, DP / TP / CP division) unchanged; the batches the model trains on are not
-touched. On 5.2.0 - 5.5.3 also ``GradientAccumulationPlugin`` as the name ``transformers.trainer``
-calls it by (only ``Trainer.create_accelerator_and_postprocess`` does): constructed with
-``num_steps=1``, as upstream's fix does. Nothing heavy is imported at module level.
+Both act at run time. ``Trainer._get_num_items_in_batch`` (same signature on every affected
+release): the original gets shallow copies of the batches whose ``labels`` are what upstream counts,
+and does the rest (distributed gathering, DP / TP / CP division) unchanged; the batches the model
+trains on are not touched. On 5.2.0 - 5.5.3 also ``Trainer.training_step`` and ``Trainer.compute_loss``:
+during a training step the accelerator's accumulation steps are 1 (what upstream's fix builds) where
+the step's loss is divided by Trainer itself or normalised by the count (Trainer's own compute_loss
+with the flag True and a model whose own loss reads the count, ``loss_reads_count``; a
+``compute_loss_func``; a known override: ``stale_loss_kwargs.COUNT_OVERRIDES``), and restored after
+the step. A step whose loss gets the count (flag True) but is not known to use it keeps accelerate's
+division, exactly as unpatched: an unknown ``compute_loss`` override, and a model whose forward
+takes ``**kwargs`` (so Trainer's flag is True) while its loss ignores the count (a sequence
+classifier, a custom module). There Trainer does not divide, accelerate's division is what makes the
+gradient the per-micro-batch mean, and upstream's fix doubles it (``return model(**inputs).loss`` on
+Llama: 1.011 unpatched on 5.2.0 - 5.5.3, 2.023 where the fix is, measured on 5.0.0rc0 and 5.8.1;
+LlamaForSequenceClassification: 1.000 and 2.000); the record does not. So a
+Trainer built while the patch is applied and trained after it was reverted is exactly unpatched,
+and one built before and trained inside is patched; ``Trainer.__init__`` is wrapped only to give a
+Trainer with gradient accumulation built inside a scope a callback that warns once (``compat_patches``
+logger) when it starts training outside it. Nothing heavy is imported at module level.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Replaces
 
 
 def loss_shifts_labels(model):
@@ -99,14 +113,143 @@ def _counts_labels(original):
     return None
 
 
-def _plugin_one_step(wrapped, instance, args, kwargs):
-    """GradientAccumulationPlugin(**grad_acc_kwargs) in Trainer.create_accelerator_and_postprocess:
-    num_steps=1, so Accelerator.backward does not divide the loss by the accumulation steps again."""
-    if "num_steps" in kwargs or not args:
-        kwargs = dict(kwargs, num_steps=1)
-    else:
-        args = (1,) + tuple(args[1:])
+# ----- accelerate's second division (5.2.0 - 5.5.3), at run time -----------------------------------
+
+_FLAG = "model_accepts_loss_kwargs"
+# id(trainer) -> the accelerator's accumulation steps before the step, while Trainer.training_step runs
+_STEPS = {}
+
+
+def _deepspeed(trainer):
+    return str(getattr(trainer.accelerator, "distributed_type", "")).upper().endswith("DEEPSPEED")
+
+
+def _training_step(wrapped, instance, args, kwargs):
+    """Trainer.training_step(self, model, inputs, num_items_in_batch=None) on 5.2.0 - 5.5.3.
+
+    Trainer built accelerate's plugin with num_steps=<accumulation steps>, so Accelerator.backward
+    divides the loss by them again. For this step the accelerator's accumulation steps are 1 (what
+    upstream's fix builds) where the step's loss is Trainer-divided or normalised by the count:
+    Trainer divides it itself (flag False or no count), a compute_loss_func gets the count, a
+    COUNT_OVERRIDES override gets it, or (decided in `_compute_loss`) Trainer's own compute_loss
+    computes it from the count. Elsewhere (an override of compute_loss that gets the count but is not
+    known to use it) the step keeps accelerate's division, exactly as unpatched. Restored after.
+    """
+    from . import stale_loss_kwargs as stale
+
+    if instance is None or id(instance) in _STEPS:
+        return wrapped(*args, **kwargs)
+    try:
+        accelerator = instance.accelerator
+        before = accelerator.gradient_accumulation_steps
+        if before == 1 or _deepspeed(instance):
+            return wrapped(*args, **kwargs)
+    except AttributeError:
+        return wrapped(*args, **kwargs)
+    values = stale._bind(args, kwargs, stale._STEP_NAMES, {"num_items_in_batch": None})
+    count = values.get("num_items_in_batch")
+    flag = getattr(instance, _FLAG, False)
+    loss_func = getattr(instance, "compute_loss_func", None)
+    trainer_divides = (not flag or count is None) and loss_func is None
+    kind, _ = stale.compute_loss_owner(instance)
+    _STEPS[id(instance)] = before
+    try:
+        if (trainer_divides or loss_func is not None
+                or (kind == "counted" and stale.count_override_takes_count(instance))):
+            accelerator.gradient_accumulation_steps = 1
+        return wrapped(*args, **kwargs)
+    finally:
+        _STEPS.pop(id(instance), None)
+        accelerator.gradient_accumulation_steps = before
+
+
+_READS_COUNT = {}  # model class -> whether its forward hands the count to its loss
+
+
+def _loss_call_passes_keywords(source):
+    """Whether a `self.loss_function(...)` call in `source` passes `**` keyword arguments (the count
+    travels in them: `**kwargs`, `**lm_kwargs`, ...)."""
+    start = source.find("self.loss_function(")
+    while start != -1:
+        depth, index = 0, start + len("self.loss_function")
+        for index in range(index, len(source)):
+            depth += {"(": 1, ")": -1}.get(source[index], 0)
+            if depth == 0:
+                break
+        if "**" in source[start:index]:
+            return True
+        start = source.find("self.loss_function(", index)
+    return False
+
+
+def loss_reads_count(model):
+    """Whether `model`'s own loss (computed in its forward from `labels`) is normalised by
+    `num_items_in_batch`: its class's forward names the count, or hands `**` keyword arguments to
+    `self.loss_function` and that loss takes the count (ForCausalLM / ForMaskedLM: yes; the
+    classification, QA, token-classification and detection losses of transformers: no). Unknown
+    (no source) is False. PEFT wrappers are looked through."""
+    import inspect
+
+    get_base_model = getattr(model, "get_base_model", None)
+    if callable(get_base_model):
+        model = get_base_model()
+    klass = type(model)
+    if klass not in _READS_COUNT:
+        try:
+            source = inspect.getsource(klass.forward)
+        except (AttributeError, TypeError, OSError):
+            source = ""
+        reads = "num_items_in_batch" in source
+        if not reads and _loss_call_passes_keywords(source):
+            try:
+                reads = "num_items_in_batch" in inspect.signature(model.loss_function).parameters
+            except (AttributeError, TypeError, ValueError):
+                reads = False
+        _READS_COUNT[klass] = reads
+    return _READS_COUNT[klass]
+
+
+def _compute_loss(wrapped, instance, args, kwargs):
+    """Trainer.compute_loss on 5.2.0 - 5.5.3: inside a training step whose loss Trainer computes from
+    the count (flag True, a count, the model's own loss from labels, a loss that reads the count),
+    accelerate's accumulation steps are 1 for the step's backward. A model whose own loss ignores the
+    count (a classification head, a custom module whose forward only swallows `**kwargs`) keeps
+    accelerate's division, as unpatched: Trainer does not divide it (flag True), so that division is
+    what makes it the per-micro-batch mean (upstream's fix doubles it)."""
+    if instance is not None and id(instance) in _STEPS:
+        from . import stale_loss_kwargs as stale
+
+        values = stale._bind(args, kwargs, stale._LOSS_NAMES, {"num_items_in_batch": None})
+        if (getattr(instance, _FLAG, False) is True and values.get("num_items_in_batch") is not None
+                and "inputs" in values and stale.count_reaches_base_loss(instance, values["inputs"])
+                and _model_loss_reads_count(instance)):
+            instance.accelerator.gradient_accumulation_steps = 1
     return wrapped(*args, **kwargs)
+
+
+def _model_loss_reads_count(trainer):
+    from . import stale_loss_kwargs as stale
+
+    try:
+        return loss_reads_count(stale._unwrapped(trainer))
+    except AttributeError:
+        return False
+
+
+def _watching_init(wrapped, instance, args, kwargs):
+    """Trainer.__init__: unchanged; a Trainer with gradient accumulation gets the scope watch."""
+    from compat_patches.core.log import WARNING, log
+
+    from . import stale_loss_kwargs as stale
+
+    result = wrapped(*args, **kwargs)
+    try:
+        if instance is not None and getattr(instance.args, "gradient_accumulation_steps", 1) > 1:
+            stale.scope_watch(instance, NAME, lambda: stale._installed("_get_num_items_in_batch", _count_targets),
+                              "Trainer's token count under gradient accumulation is off")
+    except Exception as exc:  # never break Trainer(): report and go on
+        log(WARNING, "%s: could not add its scope watch to this Trainer: %r", NAME, exc)
+    return result
 
 
 _GAS_TO_ACCELERATE = 'grad_acc_kwargs["num_steps"] = self.args.gradient_accumulation_steps'
@@ -114,20 +257,50 @@ _GAS_TO_ACCELERATE = 'grad_acc_kwargs["num_steps"] = self.args.gradient_accumula
 
 def _passes_gas_to_accelerate(original):
     """Drift: 5.2.0 - 5.5.3 create_accelerator_and_postprocess hands the accumulation steps to the
-    plugin (and calls it as GradientAccumulationPlugin(**grad_acc_kwargs))."""
+    plugin, and training_step divides by them itself and then calls Accelerator.backward."""
     import inspect
-    import sys
 
-    trainer = getattr(sys.modules.get("transformers.trainer"), "Trainer", None)
-    source = inspect.getsource(trainer.create_accelerator_and_postprocess)
+    from compat_patches.core.source_check import source_object
+
+    try:  # the live method, or its source stand-in where transformers.trainer is not imported
+        creator = source_object("transformers.trainer:Trainer.create_accelerator_and_postprocess")
+    except LookupError:
+        return "Trainer.create_accelerator_and_postprocess is gone"
+    source = inspect.getsource(creator)
     for needle in (_GAS_TO_ACCELERATE, "GradientAccumulationPlugin(**grad_acc_kwargs)"):
         if needle not in source:
             return f"Trainer.create_accelerator_and_postprocess no longer contains {needle!r}"
+    source = inspect.getsource(original)
+    for needle in ("self.accelerator.backward(loss", "loss / self.current_gradient_accumulation_steps"):
+        if needle not in source:
+            return f"Trainer.training_step no longer contains {needle!r}"
     return None
 
 
+def _loss_passes_count_with_flag(original):
+    import inspect
+
+    if "if self.model_accepts_loss_kwargs:" not in inspect.getsource(original):
+        return "Trainer.compute_loss no longer contains 'if self.model_accepts_loss_kwargs:'"
+    return None
+
+
+NAME = "transformers-trainer-token-count"
+
+_REPLACES = Replaces(
+    symbols=("transformers.trainer:Trainer._get_num_items_in_batch",),
+    note="The field inventory of framework mirrors (2026-11-28) lists no hand patch of these two defects. "
+         "Found while measuring, and not the same fix (keep them): unsloth-zoo replaces "
+         "`Trainer.get_batch_samples` (`unsloth_zoo/loss_utils.py`, `_unsloth_get_batch_samples`, counting "
+         "`labels[..., 1:]`) for the models Unsloth patches; LlamaFactory's trainers set "
+         "`model_accepts_loss_kwargs = False` whenever a multimodal processor is given (a per-micro-batch "
+         "mean, which on 5.2.0 - 5.5.3 is still divided twice). A user adopting this record deletes any "
+         "local override of `_get_num_items_in_batch` that only shifts the count, and any "
+         "`trainer.accelerator.gradient_accumulation_steps = 1` reset written for 5.2 - 5.5.",
+)
+
 PATCH = Patch(
-    name="transformers-trainer-token-count",
+    name=NAME,
     summary="Trainer under gradient accumulation: count only target tokens in num_items_in_batch "
             "(labels[..., 1:] for causal LMs; 5.0.0rc0-5.10.0) and stop accelerate dividing the loss by "
             "the accumulation steps again (5.2.0-5.5.3), so the gradient is the token mean",
@@ -146,19 +319,40 @@ PATCH = Patch(
             fixed=_carries_the_fix,
         ),
         Target(
-            "transformers.trainer:GradientAccumulationPlugin",
-            wrapper=_plugin_one_step,
+            "transformers.trainer:Trainer.training_step",
+            wrapper=_training_step,
+            params=("self", "model", "inputs", "num_items_in_batch"),
             check=_passes_gas_to_accelerate,
             versions=">=5.2.0,<5.5.4",
         ),
+        Target(
+            "transformers.trainer:Trainer.compute_loss",
+            wrapper=_compute_loss,
+            params=("self", "model", "inputs", "return_outputs", "num_items_in_batch"),
+            check=_loss_passes_count_with_flag,
+            versions=">=5.2.0,<5.5.4",
+        ),
+        Target("transformers.trainer:Trainer.__init__", wrapper=_watching_init),
     ),
     upstream_tests=(
         "tests/upstream/transformers/test_trainer_token_count.py::"
         "test_gradient_accumulation_steps_not_leaked_to_accelerator",
+        # transformers' own gradient-accumulation tests, which PR 46204 relied on (cases around: they pass
+        # unpatched too, the count scales the compared losses alike)
+        "tests/upstream/transformers/test_trainer_gradient_accumulation.py::"
+        "test_gradient_accumulation_loss_alignment_with_model_loss",
+        "tests/upstream/transformers/test_trainer_gradient_accumulation.py::"
+        "test_gradient_accumulation_loss_alignment_with_loss_func",
+        "tests/upstream/transformers/test_trainer_gradient_accumulation.py::test_gradient_accumulation",
     ),
-    differences="The count follows upstream's final rule (5.15.0): causal-LM loss and not an "
-                "encoder-decoder model; PR 46204 as first released (5.10.x - 5.14.x) also shifted the "
-                "count of encoder-decoder models.",
+    differences="Accelerate's second division (PR 45349) is removed per training step, not by building the "
+                "plugin with num_steps=1: the accelerator still reports the accumulation steps between steps, "
+                "and a step whose compute_loss is an unknown override, or whose model's own loss ignores "
+                "num_items_in_batch (a classification head), keeps the division (upstream's fix doubles such a "
+                "step's gradient). The count follows upstream's "
+                "final rule (5.15.0): causal-LM loss and not an encoder-decoder model; PR 46204 as first released "
+                "(5.10.x - 5.14.x) also shifted the count of encoder-decoder models.",
     notes="Two upstream fixes: PR 46204 (the count, 5.10.1) and PR 45349 (accelerate's second division "
           "by the accumulation steps, 5.5.4 / 5.6.0; https://github.com/huggingface/transformers/pull/45349).",
+    replaces=_REPLACES,
 )

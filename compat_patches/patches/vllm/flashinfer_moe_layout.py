@@ -38,6 +38,7 @@ without re-processing loads garbage there, vllm#56570), quantized MoE methods, 0
 
 from compat_patches.core import Patch, Target
 from compat_patches.core.log import DEBUG, log
+from compat_patches.core.record import Replaces
 
 #: Attribute on the marked Parameters (see compat_patches.moe.processed_layout).
 LAYOUT_ATTR = "_compat_patches_flashinfer_moe_layout"
@@ -154,6 +155,18 @@ def _weight_loader(wrapped, instance, args, kwargs):
 _METHOD = ("vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method:"
            "UnquantizedFusedMoEMethod.process_weights_after_loading")
 
+_REPLACES = Replaces(
+    symbols=(_METHOD, "vllm.model_executor.layers.fused_moe.layer:FusedMoE.weight_loader",
+             "vllm.model_executor.layers.fused_moe.routed_experts:RoutedExperts.weight_loader"),
+    note="No hand patch of this bug was found by the field inventory of framework mirrors (2026-11-28): it "
+         "lists \"FlashInfer MoE layout\" among the known items that do not appear as monkey-patches at "
+         "those mirrors' HEAD. What frameworks do instead (FIELD.md V-D): SkyRL moved to vLLM's layerwise "
+         "reload, ms-swift calls `reload_weights(is_checkpoint_format=True)`, verl re-runs the post-load "
+         "step after a sync; OpenRLHF and AReaL call `load_weights` raw and are exposed. With this record a "
+         "raw `load_weights` is right, so such workarounds (a forced layerwise reload, or a re-run of the "
+         "post-load step only to undo the swap) can be dropped for unquantized FlashInfer CUTLASS MoE.",
+)
+
 PATCH = Patch(
     name="vllm-flashinfer-moe-layout",
     summary="after the FlashInfer CUTLASS MoE backend reordered w13 to [w3; w1], a raw "
@@ -173,4 +186,5 @@ PATCH = Patch(
     notes="Shares the processed-layout protocol with vllm-ascend-moe-layout "
           "(compat_patches.moe.processed_layout). Apply before the engine is created. A GPU "
           "(SM100/SM120; H100 on 0.20 - 0.22) is needed to confirm the kernel output.",
+    replaces=_REPLACES,
 )

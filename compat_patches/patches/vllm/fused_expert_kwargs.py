@@ -43,78 +43,53 @@ The wrapper never touches a Parameter, adds no object to vLLM's data, and return
 upstream method returns (``True`` if any expert was loaded locally, honouring ``return_success``).
 A method that someone else already wrapped (another tool's wrapper underneath ours) is reported as
 drift rather than silently bypassed.
+
+The body, the fingerprint and the wrapper live in ``_fused_expert_loading.py``, shared with
+vllm-hyv4-fused-expert-kwargs (the same buggy body in HY-V4, 0.29.0 on, unfixed).
 """
 
 from compat_patches.core import Patch, Target
-from compat_patches.core.source import fingerprint
+from compat_patches.core.record import Replaces
+
+from . import _fused_expert_loading as _shared
 
 #: The method body (docstring excluded) in every affected release, as ``ast.unparse`` prints it.
-BUGGY_BODY = """\
-param = params_dict[name]
-weight_loader = typing.cast(Callable[..., bool], param.weight_loader)
-loaded_local_expert = False
-for expert_id in range(num_experts):
-    curr_expert_weight = loaded_weight[expert_id]
-    success = weight_loader(param, curr_expert_weight, name, shard_id, expert_id, return_success=True)
-    if success:
-        loaded_local_expert = True
-return loaded_local_expert"""
+BUGGY_BODY = _shared.BUGGY_BODY
 
 #: The same body as released in vLLM 0.22.0 (what the wrapper runs): only the call differs.
-FIXED_BODY = BUGGY_BODY.replace("name, shard_id, expert_id, return_success",
-                                "name, shard_id=shard_id, expert_id=expert_id, return_success")
+FIXED_BODY = _shared.keyword_body(BUGGY_BODY)
 
-PARAMS = ("self", "name", "params_dict", "loaded_weight", "shard_id", "num_experts")
-
-
-_BYPASS = "substituting the body would bypass that wrapper"
+PARAMS = _shared.PARAMS
 
 
 def fixed_body(original):
     """Why `original` already carries the upstream fix (a source build or a backport), or None."""
-    source, _ = fingerprint(original, _BYPASS)
-    if source is not None and source[1] == FIXED_BODY:
-        return "passes shard_id/expert_id by keyword already (the vLLM 0.22.0 body)"
-    return None
+    return _shared.already_fixed(original, FIXED_BODY,
+                                 "passes shard_id/expert_id by keyword already (the vLLM 0.22.0 body)")
 
 
 def check_body(original):
     """Drift reason, or None when `original` is the buggy 0.11 - 0.21 method exactly."""
-    source, reason = fingerprint(original, _BYPASS)
-    if reason is not None or source[1] == BUGGY_BODY:
-        return reason
-    return "body differs from the vLLM 0.11 - 0.21 load_fused_expert_weights it was written for"
-
-
-def _arguments(name, params_dict, loaded_weight, shard_id, num_experts):
-    return name, params_dict, loaded_weight, shard_id, num_experts
-
-
-def _load_fused_expert_weights(wrapped, instance, args, kwargs):
-    """vLLM 0.22.0's ``load_fused_expert_weights`` (keywords), for an instance of the patched class."""
-    name, params_dict, loaded_weight, shard_id, num_experts = _arguments(*args, **kwargs)
-    param = params_dict[name]
-    weight_loader = param.weight_loader
-    loaded_local_expert = False
-    for expert_id in range(num_experts):
-        curr_expert_weight = loaded_weight[expert_id]
-        success = weight_loader(
-            param,
-            curr_expert_weight,
-            name,
-            shard_id=shard_id,
-            expert_id=expert_id,
-            return_success=True,
-        )
-        if success:
-            loaded_local_expert = True
-    return loaded_local_expert
+    return _shared.drift(original, BUGGY_BODY, "vLLM 0.11 - 0.21 load_fused_expert_weights")
 
 
 def _target(path, versions=None):
-    return Target(path, wrapper=_load_fused_expert_weights, params=PARAMS, check=check_body,
+    return Target(path, wrapper=_shared.load_fused_expert_weights, params=PARAMS, check=check_body,
                   fixed=fixed_body, versions=versions)
 
+
+_TARGETS = (
+    "vllm.model_executor.models.qwen3_vl_moe:Qwen3MoeLLMModel.load_fused_expert_weights",
+    "vllm.model_executor.models.qwen3_5:Qwen3_5Model.load_fused_expert_weights",
+    "vllm.model_executor.models.qwen3_5_mtp:Qwen3_5MultiTokenPredictor.load_fused_expert_weights",
+)
+
+_REPLACES = Replaces(
+    symbols=_TARGETS,
+    note="No hand patch of this bug was found by the field inventory of framework mirrors (2026-11-28): "
+         "it lists \"vLLM fused-expert kwargs\" among the known items that do not appear as monkey-patches "
+         "at those mirrors' HEAD.",
+)
 
 PATCH = Patch(
     name="vllm-fused-expert-kwargs",
@@ -124,14 +99,12 @@ PATCH = Patch(
     affected={"vllm": ">=0.11.0.dev0,<0.22.0"},
     fixed_in="vllm 0.22.0",
     targets=(
-        _target("vllm.model_executor.models.qwen3_vl_moe:Qwen3MoeLLMModel.load_fused_expert_weights"),
-        _target("vllm.model_executor.models.qwen3_5:Qwen3_5Model.load_fused_expert_weights",
-                versions=">=0.17.0.dev0"),
-        _target("vllm.model_executor.models.qwen3_5_mtp:"
-                "Qwen3_5MultiTokenPredictor.load_fused_expert_weights",
-                versions=">=0.17.0.dev0"),
+        _target(_TARGETS[0]),
+        _target(_TARGETS[1], versions=">=0.17.0.dev0"),
+        _target(_TARGETS[2], versions=">=0.17.0.dev0"),
     ),
     notes="Backports vllm#42521 (qwen3_5), #42671 (qwen3_vl_moe) and #42716 (qwen3_5_mtp), all "
           "released in 0.22.0. Body substitution guarded by a source fingerprint (see the module "
           "docstring). The methods are gone from 0.25.0 on.",
+    replaces=_REPLACES,
 )

@@ -28,6 +28,7 @@ a proxy ``self`` would let a stand-in object reach vLLM code.
 import sys
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 from compat_patches.core.source import fingerprint
 
 _MODULE = "vllm.v1.worker.gpu_model_runner"
@@ -183,6 +184,21 @@ def _target(shape, versions):
                   check=_check(shape), fixed=fixed_method, versions=versions)
 
 
+_REPLACES = Replaces(
+    symbols=(_MODULE + ":GPUModelRunner.init_fp8_kv_scales",),
+    copies=(
+        Copy("NovaSky-AI/SkyRL", "skyrl/backends/skyrl_train/patches/vllm/patch_hybrid_fp8_kv_wake.py",
+             "patch_hybrid_fp8_kv_wake", commit="a9564572eb8e", inventory=29,
+             what="rewrites the method's source text (the 0.26.0 loop replaced by vllm#41602's) and "
+                  "`exec`s it into `vllm.v1.worker.gpu_model_runner`, with no revert."),
+    ),
+    note="Adopting this record: delete that module and its call. If both are applied, SkyRL's `exec`'d "
+         "method has no readable source of its own, so this record reports `drifted` and leaves it in "
+         "place. SkyRL PR 1899 (FP8 KV cache for hybrid models) presents a flat tensor list while vLLM "
+         "resets the scales: the alternative this record rejected, because it swaps an attribute of the "
+         "live runner.",
+)
+
 PATCH = Patch(
     name="vllm-hybrid-fp8-kv-wake",
     summary="waking the KV cache of a hybrid (Mamba/GDN + attention) model with an fp8 KV cache "
@@ -197,4 +213,5 @@ PATCH = Patch(
     ),
     notes="Backports vllm#41602 (released in 0.27.0; issue 49237). Body substitution guarded by a "
           "source fingerprint (see the module docstring). The method is gone from 0.29.0 on.",
+    replaces=_REPLACES,
 )

@@ -31,6 +31,7 @@ source build after vllm#44814, a vendor backport) is reported ``not-needed`` (``
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
 from compat_patches.core.source import fingerprint
 
 #: ``ast.unparse`` of the function body (docstring dropped) in the affected releases.
@@ -100,6 +101,25 @@ def _capped_numel_loaded(wrapped, instance, args, kwargs):
 #: revert.
 _RELOAD = "vllm.model_executor.model_loader.reload:"
 
+_REPLACES = Replaces(
+    symbols=("vllm.model_executor.model_loader.reload.meta:get_numel_loaded",
+             "vllm.model_executor.model_loader.reload.layerwise:get_numel_loaded"),
+    copies=(
+        Copy("NovaSky-AI/SkyRL", "skyrl/backends/skyrl_train/inference_servers/layerwise_reload.py",
+             "patch_numel_loaded", commit="a9564572eb8e", inventory=28,
+             what="rebinds `reload.meta.get_numel_loaded` and `reload.layerwise.get_numel_loaded` to a copy "
+                  "of the 0.24.0 function; the copy imports `CopyCounter`, which 0.16.0 - 0.18.1 do not "
+                  "have, so it also broke on those releases."),
+        Copy("PrimeIntellect-ai/prime-rl", "src/prime_rl/inference/vllm/worker/nccl.py",
+             "_restore_reload_corrupted_params",
+             what="(PR 2714) re-copies every received `.mixer.D` after a reload; dropped by prime-rl "
+                  "when it moved to vLLM 0.24."),
+    ),
+    note="Adopting this record: delete SkyRL's function, its `patch_numel_loaded()` call and the copied "
+         "`get_numel_loaded` (if both are applied, this record sees their function, already capping, and "
+         "reports `not-needed`); on 0.16 - 0.23, prime-rl's function and its call.",
+)
+
 PATCH = Patch(
     name="vllm-layerwise-reload-numel",
     summary="layerwise weight reload counts a composed_weight_loader parameter once, so a layer is "
@@ -122,4 +142,5 @@ PATCH = Patch(
     notes="Backports vllm#44814 (released in 0.24.0): the count returned by get_numel_loaded is "
           "capped at the destination parameter's numel(). Both the meta module's function and the "
           "name reload/layerwise.py imports from it are wrapped (layerwise.py is the caller).",
+    replaces=_REPLACES,
 )

@@ -26,6 +26,7 @@ AITER code; no release in range reads it), which the patch does not set.
 """
 
 from compat_patches.core import Patch, Target
+from compat_patches.core.record import Replaces
 from compat_patches.core.source import unreadable, wrapper_reason
 
 PARAMS = ("self", "layer", "w13", "w2")
@@ -137,6 +138,19 @@ def _setup_kernel(wrapped, instance, args, kwargs):
     return None
 
 
+_SETUP_KERNEL = ("vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method:"
+                 "UnquantizedFusedMoEMethod._setup_kernel")
+
+_REPLACES = Replaces(
+    symbols=(_SETUP_KERNEL,),
+    note="No hand patch of this bug was found by the field inventory of framework mirrors (2026-11-28): it "
+         "lists \"vLLM PWAL storage moves\" among the known items that do not appear as monkey-patches at "
+         "those mirrors' HEAD. verl re-runs `process_weights_after_loading` after a sync for its quantized "
+         "paths (verl-project/verl at 1dda039b9c63: `verl/workers/rollout/vllm_rollout/utils.py`, "
+         "`verl/utils/vllm/vllm_quant_utils.py`); users who re-run it on unquantized MoE layers keep their "
+         "code and drop any pin to vLLM >= 0.21 taken for this reason.",
+)
+
 PATCH = Patch(
     name="vllm-moe-reprocess-storage",
     summary="re-running process_weights_after_loading on an unquantized FusedMoE (RL weight sync) "
@@ -145,13 +159,12 @@ PATCH = Patch(
     affected={"vllm": ">=0.15.0.dev0,<0.21.0"},
     fixed_in="vllm 0.21.0",
     targets=(
-        Target("vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method:"
-               "UnquantizedFusedMoEMethod._setup_kernel",
-               wrapper=_setup_kernel, params=PARAMS, check=check_setup_kernel,
+        Target(_SETUP_KERNEL, wrapper=_setup_kernel, params=PARAMS, check=check_setup_kernel,
                fixed=fixed_setup_kernel),
     ),
     notes="Backports vllm#40390 (released in 0.21.0): a second _setup_kernel call copies the "
           "kernel-format weights into the existing Parameters and keeps the kernel. The first "
           "call is the original.",
     differences="0.21.0 also sets is_shuffled on AITER weights (a flag only 0.21+ reads); not set.",
+    replaces=_REPLACES,
 )

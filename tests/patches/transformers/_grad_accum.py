@@ -49,15 +49,35 @@ def target_count(examples):
     return sum(sum(1 for label in labels[1:] if label != -100) for _, labels in examples)
 
 
-def reference_gradient(model, examples, extra=None):
-    """The gradient of the token-mean loss over every example (one backward over the summed CE)."""
+def smoothed_sum(logits, labels, epsilon):
+    """Trainer's LabelSmoother summed over the target tokens: (1 - eps) * NLL + eps * mean_v(-log p)."""
+    import torch
+
+    keep = labels != -100
+    log_probs = -torch.nn.functional.log_softmax(logits[keep], dim=-1)
+    nll = log_probs.gather(-1, labels[keep].unsqueeze(-1)).sum()
+    return (1 - epsilon) * nll + epsilon * log_probs.sum() / log_probs.shape[-1]
+
+
+def reference_gradient(model, examples, extra=None, smoothing=0.0, shift=True):
+    """The gradient of the token-mean loss over every example (one backward over the summed CE; the
+    label-smoothed loss with `smoothing`, over the unshifted logits and labels where not `shift`, as
+    Trainer's label smoother scores a class outside MODEL_FOR_CAUSAL_LM_MAPPING_NAMES: the token
+    count is then that of the unshifted labels, equal to the targets' in MASKED_EXAMPLES)."""
     import torch
 
     model.zero_grad()
     total = 0.0
     for ids, labels in examples:
         kwargs = {name: torch.tensor([make(len(ids))]) for name, make in (extra or {}).items()}
-        logits = model(input_ids=torch.tensor([ids]), **kwargs).logits.float()[0, :-1]
+        logits = model(input_ids=torch.tensor([ids]), **kwargs).logits.float()[0]
+        if smoothing:
+            if shift:
+                total = total + smoothed_sum(logits[:-1], torch.tensor(labels[1:]), smoothing)
+            else:
+                total = total + smoothed_sum(logits, torch.tensor(labels), smoothing)
+            continue
+        logits = logits[:-1]
         total = total + torch.nn.functional.cross_entropy(
             logits, torch.tensor(labels[1:]), ignore_index=-100, reduction="sum")
     (total / target_count(examples)).backward()
@@ -66,11 +86,16 @@ def reference_gradient(model, examples, extra=None):
     return grads
 
 
-def trainer_gradient(model, examples, extra=None, after_init=None):
+def trainer_gradient(model, examples, extra=None, after_init=None, trainer_class=None, args=None,
+                     build_scope=None, train_scope=None):
     """One real Trainer optimizer step over `examples` (GA=2, batch 1): (the gradient it
-    accumulated, the Trainer, the accelerator's accumulation steps during the step: accelerate's
+    accumulated, the Trainer, the accelerator's accumulation steps at the optimizer step: accelerate's
     gradient state is shared by every Accelerator, so it is read before the next Trainer resets it).
-    `after_init(trainer)` runs between Trainer() and train()."""
+    `after_init(trainer)` runs between Trainer() and train(); `trainer_class` replaces Trainer (a
+    subclass); `args` adds TrainingArguments; `build_scope` / `train_scope` (context managers, e.g.
+    compat_patches.patched(...)) are entered around Trainer() / around train() only."""
+    import contextlib
+
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -94,15 +119,19 @@ def trainer_gradient(model, examples, extra=None, after_init=None):
             Grab.accelerate_steps = trainer.accelerator.gradient_accumulation_steps
 
     with tempfile.TemporaryDirectory() as folder:
-        args = TrainingArguments(
+        settings = dict(
             output_dir=folder, per_device_train_batch_size=1, gradient_accumulation_steps=2,
             max_steps=1, learning_rate=0.0, max_grad_norm=0.0, report_to=[], save_strategy="no",
             logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset(), callbacks=[Grab()])
+        settings.update(args or {})
+        with build_scope or contextlib.nullcontext():
+            trainer = (trainer_class or Trainer)(model=model, args=TrainingArguments(**settings),
+                                                 train_dataset=Dataset(), callbacks=[Grab()])
         if after_init is not None:
             after_init(trainer)
-        trainer.train()
+        with train_scope or contextlib.nullcontext():
+            trainer.train()
     return Grab.grads, trainer, Grab.accelerate_steps
 
 
@@ -121,13 +150,25 @@ def compare(got, reference):
     return float(a @ r / (r @ r)), float((a - r).norm() / r.norm())
 
 
-def measure(build, examples, extra=None, after_init=None):
-    """Build a fresh model, take one Trainer step: {"ratio", "error", "trainer", "accelerate_steps"}."""
+def measure(build, examples, extra=None, after_init=None, smoothing=0.0, shift=True, **trainer_options):
+    """Build a fresh model, take one Trainer step: {"ratio", "error", "trainer", "accelerate_steps",
+    "grads"}. `smoothing`: the reference is the label-smoothed token mean (and Trainer gets
+    label_smoothing_factor); `trainer_options` go to trainer_gradient."""
     model = build()
-    reference = reference_gradient(model, examples, extra)
-    got, trainer, accelerate_steps = trainer_gradient(model, examples, extra, after_init)
+    reference = reference_gradient(model, examples, extra, smoothing=smoothing, shift=shift)
+    if smoothing:
+        trainer_options["args"] = dict(trainer_options.get("args") or {}, label_smoothing_factor=smoothing)
+    got, trainer, accelerate_steps = trainer_gradient(model, examples, extra, after_init, **trainer_options)
     ratio, error = compare(got, reference)
-    return {"ratio": ratio, "error": error, "trainer": trainer, "accelerate_steps": accelerate_steps}
+    return {"ratio": ratio, "error": error, "trainer": trainer, "accelerate_steps": accelerate_steps,
+            "grads": got}
+
+
+def identical(a, b):
+    """Whether two gradients are the same bit for bit."""
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 def trainer_only(build):

@@ -481,6 +481,23 @@ def muse_spark():
     return MuseSparkForConditionalGeneration(cfg)
 
 
+def ovis2_5():
+    import torch
+    from transformers import Ovis2_5Config, Ovis2_5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    # Qwen3 text model; a one-layer SigLIP-style tower with a visual vocabulary of 8 (unused by text batches)
+    cfg = Ovis2_5Config(
+        text_config=dict(model_type="qwen3", vocab_size=VOCAB, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           patch_size=2, image_size=8, window_size=4, vocab_size=8, max_position_embeddings=16),
+        image_token_id=20, video_token_id=21, image_start_token_id=22, image_end_token_id=23,
+        video_start_token_id=24, video_end_token_id=25)
+    return Ovis2_5ForConditionalGeneration(cfg)
+
+
 # ----- TTS models: NOT measured with the harness (labels are float audio latents, the loss is the LSD flow loss +
 # end-of-speech BCE, PocketTTSForConditionalGenerationLoss, which swallows **kwargs and ignores num_items_in_batch).
 # Built only for the direct check in tts_check.py. Audio special ids 17..20, latent_dim 4.
@@ -515,6 +532,7 @@ BUILDERS = {
     "Qwen3_5ForConditionalGeneration": qwen3_5,
     "Qwen3_5MoeForConditionalGeneration": qwen3_5_moe,
     "Qwen4ExpForConditionalGeneration": qwen4_exp,
+    "Ovis2_5ForConditionalGeneration": ovis2_5,
 }
 # Releases where a class exists but no config of it builds (upstream bugs), both before the class's
 # first affected release: (class, release) -> why.

@@ -12,8 +12,11 @@ is tested here.
 For every class of the record that exists in the installed release: from its first affected release
 the unpatched step must be wrong (Trainer withholds the count and averages the per-micro-batch means)
 and the patched step right; before it (the class's loss ignored the count, the flag was right) the
-patch must leave Trainer's False alone. On 5.5.x, where Gemma4's loss ignores the count, setting the
-flag would not help either (test_gemma4_on_5_5_the_flag_would_not_help).
+patched step must be the unpatched one bit for bit. On 5.5.x, where Gemma4's loss ignores the count,
+setting the flag would not help either (test_gemma4_on_5_5_the_flag_would_not_help). Custom
+compute_loss overrides, label smoothing, a caller's own count and the scope:
+test_trainer_loss_overrides.py; TRL's trainers: test_trainer_loss_trl.py; two processes:
+test_trainer_loss_torchrun.py.
 """
 
 import pytest
@@ -53,7 +56,7 @@ def _here():
 
 @pytest.mark.parametrize("version, expected", [
     ("4.57.6", False), ("5.0.0rc0", True), ("5.0.0", True), ("5.6.0+cu128", True), ("5.17.0", True),
-    ("5.24.0", True), ("5.25.0.dev0", True),
+    ("5.24.0", True), ("5.25.0", True), ("5.25.0+cu128", True), ("5.26.0.dev0", True),
 ])
 def test_gate(version, expected):
     assert mod.PATCH.affected == {"transformers": AFFECTED, "torch": ">=2.0", "accelerate": ">=1.1.0"}
@@ -93,8 +96,9 @@ def test_stale_flag_class_lookup():
 @pytest.mark.requires(transformers=AFFECTED, accelerate=ACCELERATE)
 @pytest.mark.parametrize("qualname", sorted(FIRST))
 def test_gradient_wrong_then_right(qualname):
-    """From the class's first affected release: unpatched wrong, patched the token mean, nothing
-    written on the class or the model. Before it: the patch leaves what Trainer read alone."""
+    """From the class's first affected release: unpatched wrong, patched the token mean, Trainer's own
+    flag back after training, nothing written on the class or the model. Before it: the patched step
+    is the unpatched one, bit for bit."""
     klass = _model_class(qualname)
     if klass is None:
         pytest.skip(f"transformers {_here()} has no {qualname}")
@@ -103,22 +107,24 @@ def test_gradient_wrong_then_right(qualname):
         why = models.UNBUILDABLE.get((qualname, _here()))
         if why:
             pytest.skip(f"{qualname} cannot be built on {_here()} ({why}); before its first affected release")
-        as_is = ga.trainer_only(build).model_accepts_loss_kwargs
+        as_is = ga.measure(build, ga.MASKED_EXAMPLES, extra)
         with compat_patches.patched(NAME):
-            assert ga.trainer_only(build).model_accepts_loss_kwargs is as_is
+            patched = ga.measure(build, ga.MASKED_EXAMPLES, extra)
+        assert ga.identical(as_is["grads"], patched["grads"])
         return
     unpatched = ga.measure(build, ga.MASKED_EXAMPLES, extra)
-    # with Trainer's own count fixed as well (5.2.0 - 5.5.3 accelerate divides the loss a second
-    # time once the count is passed: transformers-trainer-token-count), as apply_all() does
+    # with Trainer's own count fixed as well (5.2.0 - 5.5.3 accelerate divides the loss a second time
+    # once the count is passed: transformers-trainer-token-count), as apply_all() does
     with compat_patches.patched(NAME, TOKEN_COUNT) as report:
         assert report[NAME].status == "applied"
         patched = ga.measure(build, ga.MASKED_EXAMPLES, extra)
     # 1. without the patch: Trainer reads the stale False and averages per-micro-batch means
     assert unpatched["trainer"].model_accepts_loss_kwargs is False
     assert unpatched["error"] > ga.WRONG, unpatched
-    # 2. with it: the count reaches the loss, the gradient is the token mean
-    assert patched["trainer"].model_accepts_loss_kwargs is True
+    # 2. with it: the count reaches the loss, the gradient is the token mean; between steps the
+    # Trainer keeps the flag it read
     assert patched["error"] < ga.RIGHT, patched
+    assert patched["trainer"].model_accepts_loss_kwargs is False
     if compat_patches._default_manager().in_range(TOKEN_COUNT):  # the count fix alone is not enough
         with compat_patches.patched(TOKEN_COUNT):
             assert ga.measure(build, ga.MASKED_EXAMPLES, extra)["error"] > ga.WRONG
@@ -128,9 +134,10 @@ def test_gradient_wrong_then_right(qualname):
 
 
 @pytest.mark.requires(transformers=AFFECTED, accelerate=ACCELERATE)
-def test_own_flags_are_kept():
-    """A subclass that declares the flag, an instance that sets it, and models outside the list keep
-    what Trainer read; the deepspeed sequence-parallel override is kept."""
+def test_which_trainers_it_acts_on():
+    """qualifies(): a CLASSES model whose Trainer read the stale False, and nothing else: a subclass
+    that declares the flag, an instance that sets it, Llama, a compute_loss_func, a trainer's own
+    loss_is_scaled_for_ga, the deepspeed sequence-parallel override."""
     import tempfile
     from types import SimpleNamespace
 
@@ -139,28 +146,29 @@ def test_own_flags_are_kept():
     class Declares(Qwen2_5_VLForConditionalGeneration):
         accepts_loss_kwargs = False
 
+    class Scaled(Trainer):
+        loss_is_scaled_for_ga = False
+
     model = models.qwen2_5_vl()
     with tempfile.TemporaryDirectory() as folder:
         args = TrainingArguments(output_dir=folder, report_to=[], use_cpu=True, save_strategy="no")
-        with compat_patches.patched(NAME):
-            assert Trainer(model=model, args=args).model_accepts_loss_kwargs is True
-            model.accepts_loss_kwargs = False
-            assert Trainer(model=model, args=args).model_accepts_loss_kwargs is False
-            del model.accepts_loss_kwargs
-            model.__class__ = Declares
-            assert Trainer(model=model, args=args).model_accepts_loss_kwargs is False
-            model.__class__ = Qwen2_5_VLForConditionalGeneration
-            trainer = Trainer(model=ga.tiny_llama(), args=args)
-            assert trainer.model_accepts_loss_kwargs is True  # Llama: unchanged
+        assert mod.qualifies(Trainer(model=model, args=args)) is True
+        assert mod.qualifies(Trainer(model=model, args=args, compute_loss_func=lambda *a, **k: 0)) is False
+        assert mod.qualifies(Scaled(model=model, args=args)) is False
+        model.accepts_loss_kwargs = False
+        assert mod.qualifies(Trainer(model=model, args=args)) is False
+        del model.accepts_loss_kwargs
+        model.__class__ = Declares
+        assert mod.qualifies(Trainer(model=model, args=args)) is False
+        model.__class__ = Qwen2_5_VLForConditionalGeneration
+        assert mod.qualifies(Trainer(model=ga.tiny_llama(), args=args)) is False  # Llama: True already
+        trainer = Trainer(model=model, args=args)
     # Trainer's own deepspeed sequence-parallel override (which sets False as well) is kept
-    sp = SimpleNamespace(sp_backend="deepspeed", sp_enabled=True)
-    trainer = SimpleNamespace(model=model, model_accepts_loss_kwargs=False,
-                              accelerator=SimpleNamespace(parallelism_config=sp, unwrap_model=lambda m: m))
-    assert mod.grant_loss_kwargs(trainer) is False
-    assert trainer.model_accepts_loss_kwargs is False
-    sp.sp_enabled = False
-    assert mod.grant_loss_kwargs(trainer) is True
-    assert trainer.model_accepts_loss_kwargs is True
+    trainer.accelerator = SimpleNamespace(parallelism_config=SimpleNamespace(sp_backend="deepspeed", sp_enabled=True),
+                                          unwrap_model=lambda m: m)
+    assert mod.qualifies(trainer) is False
+    trainer.accelerator.parallelism_config.sp_enabled = False
+    assert mod.qualifies(trainer) is True
 
 
 @pytest.mark.requires(transformers=AFFECTED, accelerate=ACCELERATE, peft=">=0.18.0")
@@ -177,29 +185,31 @@ def test_a_peft_wrapped_model_is_unwrapped_as_trainer_does():
         patched = ga.measure(build, ga.MASKED_EXAMPLES)
     assert unpatched["trainer"].model_accepts_loss_kwargs is False
     assert unpatched["error"] > ga.WRONG, unpatched
-    assert patched["trainer"].model_accepts_loss_kwargs is True
     assert patched["error"] < ga.RIGHT, patched
 
 
 @pytest.mark.requires(transformers=AFFECTED, accelerate=ACCELERATE)
-def test_wraps_only_trainer_init_and_reverts_exactly():
+def test_wraps_its_four_targets_and_reverts_exactly():
     import inspect
 
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.trainer import Trainer
 
-    names = ("__init__", "_get_num_items_in_batch", "training_step", "compute_loss")
+    wrapped = ("__init__", "get_batch_samples", "training_step", "compute_loss")
+    names = wrapped + ("_get_num_items_in_batch",)
     before = {name: Trainer.__dict__[name] for name in names}
+    signatures = {name: inspect.signature(getattr(Trainer, name)) for name in names}
     flag = Qwen2_5_VLForConditionalGeneration.__dict__["accepts_loss_kwargs"]
-    signature = inspect.signature(Trainer.__init__)
     with compat_patches.patched(NAME) as report:
         assert report[NAME].status == "applied"
         for name, original in before.items():
-            assert (Trainer.__dict__[name] is not original) == (name == "__init__"), name
-        assert inspect.signature(Trainer.__init__) == signature
+            assert (Trainer.__dict__[name] is not original) == (name in wrapped), name
+            assert inspect.signature(getattr(Trainer, name)) == signatures[name]
+        assert mod._installed("training_step", mod._training_step)
         assert Qwen2_5_VLForConditionalGeneration.__dict__["accepts_loss_kwargs"] is flag
     for name, original in before.items():
         assert Trainer.__dict__[name] is original
+    assert not mod._installed("training_step", mod._training_step)
 
 
 # 5.5.0: this tiny Gemma4 config does not build (rope validation)
@@ -222,18 +232,24 @@ def test_gemma4_on_5_5_the_flag_would_not_help():
     withheld = ga.measure(models.gemma4, ga.MASKED_EXAMPLES, after_init=withhold)
     assert withheld["error"] > ga.WRONG, withheld
     with compat_patches.patched(NAME):
-        assert ga.trainer_only(models.gemma4).model_accepts_loss_kwargs is True  # untouched
+        patched = ga.measure(models.gemma4, ga.MASKED_EXAMPLES)
+    assert ga.identical(patched["grads"], as_is["grads"])  # untouched
 
 
 @pytest.mark.requires(transformers=">=5.0.0rc0", accelerate=ACCELERATE)
-def test_trainer_init_fingerprint():
-    """Drift check: every transformers 5 Trainer.__init__ copies the model's flag the way the patch
-    expects; a source without that line is reported."""
+def test_fingerprints_on_the_installed_release():
+    """Drift check: every transformers 5 Trainer reads the flag, counts, steps and computes the loss
+    the way the wrappers expect; a source without those lines is reported."""
     from transformers.trainer import Trainer
 
     assert mod._reads_the_flag(Trainer.__init__) is None
+    assert mod._counts_in_batch_samples(Trainer.get_batch_samples) is None
+    assert mod._step_reads_flag_after_loss(Trainer.training_step) is None
+    assert mod._loss_passes_count_with_flag(Trainer.compute_loss) is None
 
     def other(self):
         self.model_accepts_loss_kwargs = True
 
-    assert "no longer contains" in mod._reads_the_flag(other)
+    for check in (mod._reads_the_flag, mod._counts_in_batch_samples, mod._step_reads_flag_after_loss,
+                  mod._loss_passes_count_with_flag):
+        assert "no longer contains" in check(other)

@@ -2,7 +2,7 @@
 
 `load_fused_expert_weights` uses nothing of `self`, so the real function is called on an
 uninitialised instance of the real class (and unbound through the class), with one Parameter whose
-`weight_loader` is:
+`weight_loader` is (the loaders: `_fused_expert_loaders.py`, shared with the HY-V4 record's tests):
 
 * keyword-only (`*, shard_id, expert_id`): vLLM 0.11 - 0.21 raise TypeError without the patch;
 * a TPU / runai style hook (`*args, **kwargs`, reads `kwargs.get("expert_id")`): without the patch
@@ -20,6 +20,12 @@ import pytest
 
 import compat_patches
 
+from ._fused_expert_loaders import NUM_EXPERTS, defined, keyword_only_loader, kwargs_hook_loader
+from ._fused_expert_loaders import call as _call
+from ._fused_expert_loaders import expected_calls as _expected_calls
+from ._fused_expert_loaders import setup as _setup
+from ._fused_expert_loaders import vllm_style_loader
+
 NAME = "vllm-fused-expert-kwargs"
 AFFECTED = ">=0.11.0.dev0,<0.22.0"
 
@@ -29,75 +35,10 @@ CLASSES = [
     ("vllm.model_executor.models.qwen3_5_mtp", "Qwen3_5MultiTokenPredictor"),
 ]
 CLASS_IDS = [cls for _, cls in CLASSES]
-NUM_EXPERTS = 4
 
 
 def _real_class(module_name, class_name):
     return getattr(importlib.import_module(module_name), class_name)
-
-
-# --------------------------------------------------------------------------------------------
-# loaders
-# --------------------------------------------------------------------------------------------
-class Recorder:
-    def __init__(self):
-        self.calls = []
-
-    def store(self, param, loaded_weight, weight_name, shard_id, expert_id, return_success):
-        self.calls.append((weight_name, shard_id, expert_id, return_success))
-        if expert_id is None:
-            return False if return_success else None
-        param.data[expert_id].copy_(loaded_weight)
-        return True if return_success else None
-
-
-def keyword_only_loader(rec):
-    def weight_loader(param, loaded_weight, weight_name, *, shard_id, expert_id, return_success=False):
-        return rec.store(param, loaded_weight, weight_name, shard_id, expert_id, return_success)
-    return weight_loader
-
-
-def kwargs_hook_loader(rec):
-    """Shape of the TPU / runai hooks: ids taken from kwargs only."""
-    def weight_loader(param, loaded_weight, weight_name, *args, **kwargs):
-        return rec.store(param, loaded_weight, weight_name, kwargs.get("shard_id"),
-                         kwargs.get("expert_id"), kwargs.get("return_success", False))
-    return weight_loader
-
-
-def vllm_style_loader(rec, local_experts):
-    """FusedMoE.weight_loader's signature; experts outside `local_experts` are not on this rank."""
-    def weight_loader(param, loaded_weight, weight_name, shard_id, expert_id, return_success=False):
-        if expert_id not in local_experts:
-            rec.calls.append((weight_name, shard_id, expert_id, return_success))
-            return False if return_success else None
-        return rec.store(param, loaded_weight, weight_name, shard_id, expert_id, return_success)
-    return weight_loader
-
-
-def _setup(loader_factory, *extra):
-    import torch
-
-    rec = Recorder()
-    name = "layers.0.mlp.experts.w13_weight"
-    param = torch.nn.Parameter(torch.zeros(NUM_EXPERTS, 3, 5), requires_grad=False)
-    param.weight_loader = loader_factory(rec, *extra)
-    loaded = torch.arange(NUM_EXPERTS * 3 * 5, dtype=torch.float32).reshape(NUM_EXPERTS, 3, 5)
-    return rec, name, {name: param}, param, loaded
-
-
-def _call(cls, how, name, params_dict, loaded):
-    self = object.__new__(cls)  # the method reads nothing of self; building the model needs a GPU
-    if how == "bound":
-        return self.load_fused_expert_weights(name, params_dict, loaded, "w1", NUM_EXPERTS)
-    if how == "unbound":
-        return cls.load_fused_expert_weights(self, name, params_dict, loaded, "w1", NUM_EXPERTS)
-    return self.load_fused_expert_weights(name=name, params_dict=params_dict, loaded_weight=loaded,
-                                          shard_id="w1", num_experts=NUM_EXPERTS)
-
-
-def _expected_calls(name):
-    return [(name, "w1", e, True) for e in range(NUM_EXPERTS)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,11 +176,9 @@ def test_foreign_wrapper_underneath_is_reported_not_bypassed():
 # the fingerprint (no vLLM needed)
 # --------------------------------------------------------------------------------------------
 def test_fingerprint_refuses_other_bodies():
-    from compat_patches.patches.vllm import fused_expert_kwargs as mod
-
-    # exec'd code: give inspect a source through linecache
-    import linecache
     import textwrap
+
+    from compat_patches.patches.vllm import fused_expert_kwargs as mod
 
     source = textwrap.dedent('''\
         def load_fused_expert_weights(self, name, params_dict, loaded_weight, shard_id, num_experts):
@@ -257,11 +196,7 @@ def test_fingerprint_refuses_other_bodies():
     other = buggy.replace("return_success=True", "return_success=False")
     for variant, drift, fixed in ((source, "differs", "by keyword already"), (buggy, None, None),
                                   (other, "differs", None)):
-        filename = f"<vllm-fused-expert-kwargs-{abs(hash(variant))}>"
-        linecache.cache[filename] = (len(variant), None, variant.splitlines(True), filename)
-        scope = {}
-        exec(compile(variant, filename, "exec"), scope)
-        function = scope["load_fused_expert_weights"]
+        function = defined(variant, NAME)
         for finding, expected in ((mod.check_body(function), drift), (mod.fixed_body(function), fixed)):
             if expected is None:
                 assert finding is None

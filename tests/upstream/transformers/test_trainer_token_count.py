@@ -27,23 +27,27 @@
 # The second defect of the record (Trainer's count of labels instead of targets, PR 46204) came with
 # no regression test upstream (the PR relied on the existing hub-dependent grad-acc tests).
 # Where it runs: the record's range is 5.0.0rc0 - 5.10.1.dev0 (the count), but accelerate's second
-# division exists on 5.2.0 - 5.5.3 only; on 5.0.0rc0 - 5.1.x and 5.5.4 - 5.10.1.dev0 this test passes
-# with or without the patch (measured), so it is skipped there: the [unpatched] strict xfail of
-# tests/upstream/conftest.py would otherwise call those releases unaffected.
+# division exists on 5.2.0 - 5.5.3 only: 5.0.0rc0 - 5.1.x build no plugin and 5.5.4+ carry PR 45349, so
+# there this test passes without the patch (measured). UPSTREAM_HAS_FIX names those releases: the
+# [unpatched] mode must pass there (tests/upstream/conftest.py), and must fail on 5.2.0 - 5.5.3.
+# DIFFERS: the record removes accelerate's second division per training step (a step whose compute_loss
+# is an unknown override keeps it, as unpatched: upstream's fix doubles such an override's gradient where
+# it ignores num_items_in_batch), so the accelerator still reports the accumulation steps after
+# Trainer(): this test's second assertion fails in [patched] mode on 5.2.0 - 5.5.3, strictly. The
+# gradient itself is tested by
+# tests/patches/transformers/test_trainer_token_count.py; transformers' own gradient-accumulation tests
+# run beside this one (test_trainer_gradient_accumulation.py).
 # ---------------------------------------------------------------------------------------------------
 
 import pytest
 
-from compat_patches.core.versions import in_range, installed_version
-
 PATCH = "transformers-trainer-token-count"
+DIFFERS = {"transformers": ">=5.2.0,<5.5.4"}
+# no plugin before 5.2.0, PR 45349 from 5.5.4: the releases where Trainer does not leak the steps
+UPSTREAM_HAS_FIX = {"transformers": ">=5.0.0rc0,!=5.2.*,!=5.3.*,!=5.4.*,!=5.5.0,!=5.5.1,!=5.5.2,!=5.5.3"}
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
-
-_VERSION = installed_version("transformers")
-_OTHER_DEFECT_ONLY = _VERSION is not None and (
-    in_range(_VERSION, ">=5.0.0rc0,<5.2.0") or in_range(_VERSION, ">=5.5.4,<=5.10.1.dev0"))
 
 
 class _TokenDataset(torch.utils.data.Dataset):
@@ -55,8 +59,6 @@ class _TokenDataset(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids}
 
 
-@pytest.mark.skipif(_OTHER_DEFECT_ONLY, reason="this release has the count defect only (PR 46204); "
-                                              "accelerate's second division is 5.2.0 - 5.5.3")
 @pytest.mark.upstream_regression
 def test_gradient_accumulation_steps_not_leaked_to_accelerator(tmp_path):
     """
