@@ -23,7 +23,10 @@ ROOT = Path(__file__).parent
 TORCH = "torch==2.13.0"
 SHARED_TORCH = Path(os.environ.get("COMPAT_PATCHES_SHARED_TORCH", ROOT / ".nox" / "_shared" / "torch"))
 REPORTS = ROOT / ".nox" / "_reports"
-TEST_DEPS = ["pytest>=8", "hypothesis"]
+TEST_DEPS = ["pytest>=8", "hypothesis", "pytest-xdist"]
+# Quick sets run their tests in one worker per core (a file per worker: module fixtures are built
+# once), except the sets that start process groups on fixed ports (Ray, torchrun, verl's engine).
+SERIAL_SETS = ("distributed", "verl-")
 
 # Each set is one venv. Tests declare what they need with @pytest.mark.requires(...) and skip, with
 # the reason, where it is absent; a library set runs only the tests it exists for, plus the contract
@@ -153,7 +156,7 @@ VERSION_SETS = {
     # peft-moe-regex-targets, peft-shared-expert-targets: 0.18 has no conversion; 0.19.0-0.21.2 are wrong
     "peft-0.18.1": VersionSet(["peft==0.18.1", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.19.0": VersionSet(["peft==0.19.0", "transformers==5.17.0"], True, FULL, PEFT),
-    "peft-0.19.1": VersionSet(["peft==0.19.1", "transformers==5.17.0"], True, QUICK, PEFT),
+    "peft-0.19.1": VersionSet(["peft==0.19.1", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.20.0": VersionSet(["peft==0.20.0", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.21.0": VersionSet(["peft==0.21.0", "transformers==5.17.0"], True, FULL, PEFT),
     "peft-0.21.1": VersionSet(["peft==0.21.1", "transformers==5.24.0"], True, FULL, PEFT),
@@ -174,8 +177,8 @@ def _torchvision_shim(session):
 
 def _shared_torch(session):
     if not (SHARED_TORCH / "torch" / "__init__.py").exists():
-        session.run(sys.executable, "-m", "pip", "install", "--quiet", "--target", str(SHARED_TORCH),
-                    TORCH, external=True)
+        session.run(sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target",
+                    str(SHARED_TORCH), TORCH, external=True)
     Path(_site_packages(session), "_compat_patches_shared_torch.pth").write_text(f"{SHARED_TORCH}\n")
 
 
@@ -185,21 +188,26 @@ def matrix(session, set):
     spec = VERSION_SETS[set]
     if spec.torch:
         _shared_torch(session)
-    session.install(*TEST_DEPS)
+    # --no-compile: byte-compiling every file of transformers / vLLM at install costs more than
+    # compiling the modules the tests import
+    session.install("--no-compile", *TEST_DEPS)
     if spec.requirements:
-        session.install(*spec.requirements)
+        session.install("--no-compile", *spec.requirements)
     if spec.no_deps:
-        session.install("--no-deps", *spec.no_deps)
+        session.install("--no-compile", "--no-deps", *spec.no_deps)
     if set.startswith("vllm-"):
         _torchvision_shim(session)
     session.install("-e", ".")
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     REPORTS.mkdir(parents=True, exist_ok=True)
     # quick sets leave out the tests marked slow (inductor compiles): the full-only sets run them
-    quick = ["-m", "not slow"] if "quick" in spec.tags and not session.posargs else []
+    options = ["-m", "not slow"] if "quick" in spec.tags and not session.posargs else []
+    if options and not set.startswith(SERIAL_SETS):
+        options += ["-n", "auto", "--dist", "loadfile"]
+        session.env["OMP_NUM_THREADS"] = "1"  # one torch thread per worker: the workers fill the cores
     # pytest's exit 5 (no test collected) is a failure here, as any code but 0.
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={REPORTS / set}.xml",
-                *quick, *(session.posargs or spec.tests))
+                *options, *(session.posargs or spec.tests))
 
 
 def _newest_release(project):
