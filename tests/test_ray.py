@@ -58,8 +58,9 @@ if mode == "launcher":     # no hook: the driver runs under compat-patches-run
     env = None             # workers inherit PYTHONPATH (bootstrap first) from the driver
 else:
     hook = "user_hook.setup" if mode == "string" else hook_defined_in_main
+    # LOG_LEVEL=INFO: the breadcrumb's INFO line in the workers' logs (WARNING lines show regardless)
     env = compat_patches.ray.runtime_env({"worker_process_setup_hook": hook,
-                                          "env_vars": {"PYTHONPATH": site}})
+                                          "env_vars": {"PYTHONPATH": site, "COMPAT_PATCHES_LOG_LEVEL": "INFO"}})
 started = time.time()
 ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
          runtime_env=env, log_to_driver=False)
