@@ -25,6 +25,7 @@ from ._fused_expert_loaders import call as _call
 from ._fused_expert_loaders import expected_calls as _expected_calls
 from ._fused_expert_loaders import setup as _setup
 from ._fused_expert_loaders import vllm_style_loader
+from ._foreign_wrapper import assert_foreign_wrapper_reported
 
 NAME = "vllm-fused-expert-kwargs"
 AFFECTED = ">=0.11.0.dev0,<0.22.0"
@@ -152,24 +153,8 @@ def test_fingerprint_matches_the_installed_release():
 
 @affected
 def test_foreign_wrapper_underneath_is_reported_not_bypassed():
-    import wrapt
-
-    module = importlib.import_module("vllm.model_executor.models.qwen3_vl_moe")
-    attribute = "Qwen3MoeLLMModel.load_fused_expert_weights"
-
-    def spy(wrapped, instance, args, kwargs):
-        return wrapped(*args, **kwargs)
-
-    handle = wrapt.wrap_function_wrapper(module, attribute, spy)
-    try:
-        with compat_patches.patched(NAME) as report:
-            entry = report[NAME]
-            assert entry.status == "drifted", entry
-            assert "already wrapped" in entry.reason
-    finally:
-        wrapt.unwrap_object(module, attribute, handle)
-    with compat_patches.patched(NAME) as report:  # the next attempt replaces the drift finding
-        assert report[NAME].status == "applied", report[NAME]
+    assert_foreign_wrapper_reported(NAME, importlib.import_module("vllm.model_executor.models.qwen3_vl_moe"),
+                                    "Qwen3MoeLLMModel.load_fused_expert_weights")
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ import pytest
 import compat_patches
 from compat_patches.core.source import function_source
 
+from ._foreign_wrapper import assert_foreign_wrapper_reported
+
 pytest.importorskip("torch")
 
 NAME = "vllm-hybrid-fp8-kv-wake"
@@ -307,24 +309,7 @@ def test_applied_with_the_shape_of_the_installed_release():
 
 @affected
 def test_foreign_wrapper_underneath_is_reported_not_bypassed():
-    import wrapt
-
-    module = _module()
-    attribute = "GPUModelRunner.init_fp8_kv_scales"
-
-    def spy(wrapped, instance, args, kwargs):
-        return wrapped(*args, **kwargs)
-
-    handle = wrapt.wrap_function_wrapper(module, attribute, spy)
-    try:
-        with compat_patches.patched(NAME) as report:
-            entry = report[NAME]
-            assert entry.status == "drifted", entry
-            assert "already wrapped" in entry.reason
-    finally:
-        wrapt.unwrap_object(module, attribute, handle)
-    with compat_patches.patched(NAME) as report:  # the next attempt replaces the drift finding
-        assert report[NAME].status == "applied", report[NAME]
+    assert_foreign_wrapper_reported(NAME, _module(), "GPUModelRunner.init_fp8_kv_scales")
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import compat_patches
 
 from ._fused_expert_loaders import NUM_EXPERTS, call, defined, expected_calls, keyword_only_loader
 from ._fused_expert_loaders import kwargs_hook_loader, setup, vllm_style_loader
+from ._foreign_wrapper import assert_foreign_wrapper_reported
 
 NAME = "vllm-hyv4-fused-expert-kwargs"
 AFFECTED = ">=0.29.0.dev0"
@@ -249,24 +250,8 @@ def test_fingerprints_match_the_installed_release():
 
 @affected
 def test_foreign_wrapper_underneath_is_reported_not_bypassed():
-    import wrapt
-
-    module = importlib.import_module(NVIDIA[0])
-    attribute = "HYV4Model.load_fused_expert_weights"
-
-    def spy(wrapped, instance, args, kwargs):
-        return wrapped(*args, **kwargs)
-
-    handle = wrapt.wrap_function_wrapper(module, attribute, spy)
-    try:
-        with compat_patches.patched(NAME) as report:
-            entry = report[NAME]
-            assert entry.status == "drifted", entry
-            assert "already wrapped" in entry.reason
-    finally:
-        wrapt.unwrap_object(module, attribute, handle)
-    with compat_patches.patched(NAME) as report:  # the next attempt replaces the drift finding
-        assert report[NAME].status == "applied", report[NAME]
+    assert_foreign_wrapper_reported(NAME, importlib.import_module(NVIDIA[0]),
+                                    "HYV4Model.load_fused_expert_weights")
 
 
 @affected
