@@ -35,9 +35,4 @@ REVIEWED = {
         "reason": "NOT covered yet (known gap): packed vs alone 2.4 measured on 5.24.0 (tiny model); its "
                   "hybrid layers share one attention block, a family entry of its own in the Mamba2 record",
         "versions": "<=5.25.0"},
-    "ragged-token-type-ids:transformers.models.ernie4_5_vl_moe.processing_ernie4_5_vl_moe:"
-    "Ernie4_5_VLMoeProcessor.create_moe_mm_token_type_ids": {
-        "reason": "NOT covered yet (known gap): FIELD.md F-4, the ragged-batch record's extension "
-                  "(issue 27)",
-        "versions": "<=5.25.0"},
 }
