@@ -1,6 +1,6 @@
 """The version matrix: one session per set of library versions, all sharing one CPU torch.
 
-    nox -t quick            # what .ci/run runs (under 30 minutes on 2 cores)
+    nox -t quick            # what .ci/run runs (about 34 minutes on 2 cores)
     nox -t full             # every set, by hand
     nox -t newest           # the newest releases on PyPI now: every record's tests and the audit
     nox -s "matrix(set='transformers-5.3.0')"
