@@ -8,6 +8,7 @@ from .transformers import (
     gpt_oss_num_experts,
     mamba2_packed_samples,
     missing_weights_init,
+    qwen3_5_moe_fused_save,
     rope_ignore_keys,
     stale_loss_kwargs,
     trainer_token_count,
@@ -47,4 +48,5 @@ ALL_PATCHES = (
     flashinfer_moe_layout.PATCH,
     hyv4_fused_expert_kwargs.PATCH,
     stateless_pg_ipv6.PATCH,
+    qwen3_5_moe_fused_save.PATCH,
 )
