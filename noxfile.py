@@ -53,6 +53,22 @@ PEFT = ["tests/patches/peft", "tests/upstream/peft", STALE_LOSS_PEFT, *COMMON, "
 # that applies only a transformers record: those run in the transformers sets).
 PEFT_IMPORT = ["tests/patches/peft", *COMMON, "--contract-libraries=peft"]
 TRANSFORMERS = ["tests/patches/transformers", "tests/upstream/transformers", UPSTREAM_RECORDS, *COMMON]
+TF, TF_UPSTREAM = "tests/patches/transformers/", "tests/upstream/transformers/"
+# each transformers record's own test files (a quick set runs those of the shapes it proves)
+RECORD_TESTS = {
+    "transformers-rope-ignore-keys": [TF + "test_rope_ignore_keys.py", TF + "test_patched_callables_serialise.py",
+                                      TF_UPSTREAM + "test_modeling_rope_utils.py"],
+    "transformers-byte-level-tokenizer": [TF + "test_byte_level_tokenizer.py"],
+    "transformers-missing-weights-init": [TF + "test_missing_weights_init.py"],
+    "transformers-vl-processor-ragged-batch": [TF + "test_vl_processor_ragged_batch.py"],
+    "transformers-gpt-oss-num-experts": [TF + "test_gpt_oss_num_experts.py"],
+    "transformers-gdn-packed-samples": [TF + "test_gdn_packed_samples.py"],
+    "transformers-mamba2-packed-samples": [TF + "test_mamba2_packed_samples.py"],
+    "transformers-stale-loss-kwargs": [TF + "test_stale_loss_kwargs.py", TF + "test_trainer_loss_overrides.py",
+                                       TF_UPSTREAM + "test_trainer_gradient_accumulation.py"],
+    "transformers-trainer-token-count": [TF + "test_trainer_token_count.py", TF_UPSTREAM + "test_trainer_token_count.py"],
+    "transformers-qwen3-5-moe-fused-save": [TF + "test_qwen3_5_moe_fused_save.py"],
+}
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
         UPSTREAM_RECORDS, *COMMON, "--contract-libraries=verl"]
 LIBRARY_TESTS = ["tests/moe", "tests/patches", "tests/upstream", "tests/test_packed_samples.py", UPSTREAM_RECORDS,
@@ -90,13 +106,20 @@ VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.
 TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"
 
 
-def transformers(version, tags, torch=True, extra=()):
-    """Every transformers record's tests on one release. With torch (shared, cheap) unless the set
-    exists to prove something without it: a test that needs torch must not skip where its patch
-    is in range. Pillow: the VL processors' image path; accelerate: Trainer (gradient-accumulation
-    records)."""
+def transformers(version, tags, torch=True, extra=(), records=(), contracts=()):
+    """Every transformers record's tests on one release (a full set), or, in a quick set, the tests
+    of `records` (the shapes this release is the quick proof of) and the generated contracts of
+    `contracts` (each record's contract runs in one quick set; full sets run every one). With torch
+    (shared, cheap) unless the set exists to prove something without it: a test that needs torch
+    must not skip where its patch is in range. Pillow: the VL processors' image path; accelerate:
+    Trainer (gradient-accumulation records)."""
+    if "quick" in tags:
+        tests = [file for record in records for file in RECORD_TESTS[record]]
+        tests += [UPSTREAM_RECORDS, *COMMON, f"--contract-records={','.join(contracts) or 'none'}"]
+    else:
+        tests = TRANSFORMERS
     return VersionSet([f"transformers=={version}", "pillow", *(["accelerate"] if torch else [])], torch, tags,
-                      [*TRANSFORMERS, *extra])
+                      [*tests, *extra])
 
 
 def verl(version, transformers, tags):
@@ -126,12 +149,27 @@ VERSION_SETS = {
     # vl = vl-processor-ragged-batch, gpt = gpt-oss-num-experts
     # vl (only affected release); the <5.4 shapes: rope keyword, gpt own __setattr__, Qwen3.5 GDN;
     # token count with accelerate's second division
-    "transformers-5.3.0": transformers("5.3.0", QUICK),
+    # The quick sets split the records' shapes between them (docs/matrix.md); the 5.25.0 set runs
+    # every record's tests and the contract of every record in range there.
+    "transformers-5.3.0": transformers("5.3.0", QUICK, records=(
+        "transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts", "transformers-gdn-packed-samples",
+        "transformers-vl-processor-ragged-batch", "transformers-byte-level-tokenizer",
+        "transformers-trainer-token-count", "transformers-qwen3-5-moe-fused-save"),
+        contracts=("transformers-trainer-token-count",)),
     "transformers-5.2.0": transformers("5.2.0", FULL),  # Qwen3.5's first release
-    "transformers-5.4.0": transformers("5.4.0", QUICK),  # rope attribute shape; gpt strict shape
-    "transformers-5.8.1": transformers("5.8.1", QUICK),  # init (with 5.8.0 the only affected)
+    "transformers-5.4.0": transformers("5.4.0", QUICK, records=(  # rope attribute shape; gpt strict shape
+        "transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts", "transformers-gdn-packed-samples",
+        "transformers-mamba2-packed-samples", "transformers-trainer-token-count",
+        "transformers-qwen3-5-moe-fused-save"),
+        contracts=("transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts")),
+    "transformers-5.8.1": transformers("5.8.1", QUICK, records=(  # init (with 5.8.0 the only affected)
+        "transformers-missing-weights-init", "transformers-stale-loss-kwargs", "transformers-trainer-token-count"),
+        contracts=("transformers-missing-weights-init",)),
     # rope last affected, first fixed of init; no torch: the report command keeps its banner off stdout
-    "transformers-5.9.0": transformers("5.9.0", QUICK, torch=False, extra=[REPORT_COMMAND]),
+    "transformers-5.9.0": transformers("5.9.0", QUICK, torch=False, extra=[REPORT_COMMAND], records=(
+        "transformers-rope-ignore-keys", "transformers-missing-weights-init", "transformers-byte-level-tokenizer",
+        "transformers-vl-processor-ragged-batch"),
+        contracts=("transformers-byte-level-tokenizer",)),
     **{f"transformers-{v}": transformers(v, FULL)
        for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
                  "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.16.1", "5.17.0", "5.20.0", "5.21.1", "5.22.0",

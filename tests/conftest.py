@@ -29,28 +29,46 @@ def pytest_addoption(parser):
         help="run the generated contract tests (tests/test_contract.py) only for records that fix these "
              "libraries (the first library of each record's `affected`); the matrix passes it where the "
              "other records' contracts already run in their own library's sets. Default: every record.")
+    parser.addoption(
+        "--contract-records", default=None, metavar="NAME[,NAME]|none",
+        help="run the generated contract tests only for these records (`none`: for no record); the quick "
+             "matrix runs each record's contract in one set. Default: every record.")
+
+
+def _contract_name(item):
+    spec = getattr(item, "callspec", None)
+    in_contract = item.nodeid.split("::")[0].endswith("tests/test_contract.py")
+    return spec.params.get("name") if spec is not None and in_contract else None
+
+
+def _deselect(config, items, drop):
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        kept = [item for item in items if item not in drop]
+        items[:] = kept
 
 
 def pytest_collection_modifyitems(config, items):
-    option = config.getoption("--contract-libraries")
-    if option is None:
-        return
-    libraries = {name.strip() for name in option.split(",")}
     manager = compat_patches._default_manager()
-    library = {name: next(iter(manager.get(name).affected)) for name in compat_patches.patch_names()}
-    known = set(library.values())
-    if not libraries or not libraries <= known:
-        raise pytest.UsageError(f"--contract-libraries={option!r}: expected a comma-separated subset of "
-                                f"{sorted(known)}")
-    keep, drop = [], []
-    for item in items:
-        spec = getattr(item, "callspec", None)
-        in_contract = item.nodeid.split("::")[0].endswith("tests/test_contract.py")
-        name = spec.params.get("name") if spec is not None and in_contract else None
-        (drop if name in library and library[name] not in libraries else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    option = config.getoption("--contract-libraries")
+    if option is not None:
+        libraries = {name.strip() for name in option.split(",")}
+        library = {name: next(iter(manager.get(name).affected)) for name in compat_patches.patch_names()}
+        known = set(library.values())
+        if not libraries or not libraries <= known:
+            raise pytest.UsageError(f"--contract-libraries={option!r}: expected a comma-separated subset of "
+                                    f"{sorted(known)}")
+        _deselect(config, items, [item for item in items
+                                  if _contract_name(item) in library and library[_contract_name(item)] not in libraries])
+    option = config.getoption("--contract-records")
+    if option is not None:
+        records = set() if option.strip() == "none" else {name.strip() for name in option.split(",")}
+        unknown = records - set(compat_patches.patch_names())
+        if not records and option.strip() != "none" or unknown:
+            raise pytest.UsageError(f"--contract-records={option!r}: unknown {sorted(unknown)}; expected `none` or "
+                                    f"a comma-separated subset of {compat_patches.patch_names()}")
+        _deselect(config, items, [item for item in items if getattr(item, "originalname", None) == "test_contract"
+                                  and _contract_name(item) not in records])
 
 
 def pytest_runtest_setup(item):

@@ -119,7 +119,8 @@ PATCH = Patch(
     upstream="https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/conversion_mapping.py",
     # Qwen3.5-MoE's first release is 5.2.0; 5.5.2 - 5.6.1 alias its mapping to qwen3_5_text (no
     # expert converters), every other release composes them (run in all 44 releases 5.2.0 - 5.25.0).
-    affected={"transformers": ">=5.2.0.dev0,!=5.5.2,!=5.5.3,!=5.5.4,!=5.6.0,!=5.6.1"},
+    # torch: without it transformers builds no model and modeling_utils does not import.
+    affected={"transformers": ">=5.2.0.dev0,!=5.5.2,!=5.5.3,!=5.5.4,!=5.6.0,!=5.6.1", "torch": ">=2.4"},
     verified_through={"transformers": "5.25.0"},
     # modeling_utils' own name (save_pretrained calls it); wrapping core_model_loading's as well would
     # wrap twice where core_model_loading is patched before modeling_utils imports the name
