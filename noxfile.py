@@ -68,6 +68,7 @@ RECORD_TESTS = {
                                        TF_UPSTREAM + "test_trainer_gradient_accumulation.py"],
     "transformers-trainer-token-count": [TF + "test_trainer_token_count.py", TF_UPSTREAM + "test_trainer_token_count.py"],
     "transformers-qwen3-5-moe-fused-save": [TF + "test_qwen3_5_moe_fused_save.py"],
+    "transformers-zero3-dropped-keys": [TF + "test_zero3_dropped_keys.py"],
 }
 FSDP = ["tests/patches/verl", "tests/moe/test_packed_experts.py", "tests/upstream/verl",
         UPSTREAM_RECORDS, *COMMON, "--contract-libraries=verl"]
@@ -160,8 +161,9 @@ VERSION_SETS = {
     "transformers-5.4.0": transformers("5.4.0", QUICK, records=(  # rope attribute shape; gpt strict shape
         "transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts", "transformers-gdn-packed-samples",
         "transformers-mamba2-packed-samples", "transformers-trainer-token-count",
-        "transformers-qwen3-5-moe-fused-save"),
-        contracts=("transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts")),
+        "transformers-qwen3-5-moe-fused-save", "transformers-zero3-dropped-keys"),
+        contracts=("transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts",
+                   "transformers-zero3-dropped-keys")),
     "transformers-5.8.1": transformers("5.8.1", QUICK, records=(  # init (with 5.8.0 the only affected)
         "transformers-missing-weights-init", "transformers-stale-loss-kwargs", "transformers-trainer-token-count"),
         contracts=("transformers-missing-weights-init",)),

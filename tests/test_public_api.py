@@ -19,7 +19,8 @@ NAMES = ("transformers-rope-ignore-keys", "peft-moe-regex-targets", "vllm-ascend
          "transformers-trainer-token-count", "peft-hybrid-cache-import", "peft-shared-expert-targets",
          "vllm-layerwise-reload-numel", "vllm-hybrid-fp8-kv-wake", "vllm-moe-reprocess-storage",
          "vllm-flashinfer-moe-layout", "vllm-hyv4-fused-expert-kwargs",
-         "vllm-stateless-pg-ipv6", "transformers-qwen3-5-moe-fused-save")
+         "vllm-stateless-pg-ipv6", "transformers-qwen3-5-moe-fused-save",
+         "transformers-zero3-dropped-keys")
 HEAVY = ("torch", "transformers", "peft", "vllm", "vllm_ascend", "verl", "numpy")
 
 

@@ -9,6 +9,7 @@ from .transformers import (
     mamba2_packed_samples,
     missing_weights_init,
     qwen3_5_moe_fused_save,
+    zero3_dropped_keys,
     rope_ignore_keys,
     stale_loss_kwargs,
     trainer_token_count,
@@ -49,4 +50,5 @@ ALL_PATCHES = (
     hyv4_fused_expert_kwargs.PATCH,
     stateless_pg_ipv6.PATCH,
     qwen3_5_moe_fused_save.PATCH,
+    zero3_dropped_keys.PATCH,
 )

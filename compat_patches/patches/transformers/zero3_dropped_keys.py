@@ -1,0 +1,104 @@
+"""transformers-zero3-dropped-keys: a DeepSpeed ZeRO-3 load keeps the keys the normal load keeps.
+
+Under ZeRO-3, ``from_pretrained`` sends each checkpoint shard through
+``transformers.integrations.deepspeed._apply_weight_conversions_to_state_dict`` instead of
+``core_model_loading``. Both rename every key with the model's conversion mapping, but only the
+normal load falls back to the checkpoint's own name when the renamed key names no parameter and the
+original does (``convert_and_load_state_dict_in_model``: "Key should probably not have been renamed").
+On 5.4.0 - 5.5.4 the ``qwen3_5_text`` mapping renames ``^model.language_model`` to ``model``, and
+``get_model_conversion_mapping`` applies it to the VL models that contain that text model, so a
+``Qwen3_5ForConditionalGeneration`` / ``Qwen3_5MoeForConditionalGeneration`` checkpoint in the hub
+layout loses every language-model weight (embed_tokens, each layer, norm): ZeRO-3 trains on a random
+language model and the load report only says MISSING. 5.5.4 (its ``^model.language_model.`` rename)
+drops the save_pretrained layout too. 5.6.0 replaced the rename by an anchored ``PrefixChange``.
+
+The patch wraps that function and applies the normal load's fallback to what it dropped: a
+checkpoint key the release's renamings send to no parameter, and that itself names one (after the
+release's base-model prefix handling), is kept under that name, the same tensor object. Keys the
+release converted or kept are untouched.
+"""
+
+import inspect
+
+from compat_patches.core import Patch, Target
+from compat_patches.core.record import Copy, Replaces
+
+PARAMS = ("model", "state_dict", "weight_mapping")
+TEXT_MAPPING = "qwen3_5_text"
+LANGUAGE_MODEL_RENAME = "^model.language_model"  # 5.4.0's source pattern; 5.5.x adds a trailing "."
+
+
+def _bind(args, kwargs):
+    values = dict(zip(PARAMS, args))
+    values.update(kwargs)
+    return values["model"], values["state_dict"], values["weight_mapping"]
+
+
+def _keep_named_keys(wrapped, instance, args, kwargs):
+    model, state_dict, weight_mapping = _bind(args, kwargs)
+    checkpoint = list(state_dict.items())  # the release pops the caller's dict as it goes
+    result = wrapped(*args, **kwargs)
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    renamings = [entry for entry in weight_mapping if isinstance(entry, WeightRenaming)]
+    converters = [entry for entry in weight_mapping if isinstance(entry, WeightConverter)]
+    params = dict.fromkeys(model.state_dict(), True)  # names only: rename_source_key tests `.get() is not None`
+    prefix = model.base_model_prefix
+    for key, tensor in checkpoint:
+        renamed, _ = rename_source_key(key, renamings, converters, prefix, params)
+        if renamed in params or key not in params:
+            continue
+        # the normal load's fallback, as core_model_loading does it: no renaming, prefix handling only
+        kept, _ = rename_source_key(key, [], [], prefix, params)
+        if kept in params:
+            result.setdefault(kept, tensor)
+    return result
+
+
+def _returns_a_dict(original):
+    """The wrapper adds to the returned dict: a release that streams (a generator, 5.23.0 on) differs."""
+    if inspect.isgeneratorfunction(original):
+        return "_apply_weight_conversions_to_state_dict is a generator here, not a dict-returning function"
+    return None
+
+
+def _mapping_fixed(original):
+    """A build whose qwen3_5_text mapping no longer renames ^model.language_model (5.6.0's PrefixChange)."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    for entry in get_checkpoint_conversion_mapping(TEXT_MAPPING) or ():
+        if isinstance(entry, WeightRenaming) and any(
+                pattern.startswith(LANGUAGE_MODEL_RENAME) for pattern in entry.source_patterns):
+            return None
+    return f"the {TEXT_MAPPING!r} conversion mapping no longer renames {LANGUAGE_MODEL_RENAME!r}"
+
+
+_REPLACES = Replaces(
+    symbols=("transformers.integrations.deepspeed:_apply_weight_conversions_to_state_dict",),
+    copies=(
+        Copy("OpenRLHF/OpenRLHF", "openrlhf/models/actor.py", "_patch_zero3_weight_mapping", inventory=43,
+             what="wraps the function and `.update()`s its result with the checkpoint keys that name a "
+                  "parameter; applied on every release, so it breaks where the function became a "
+                  "generator (5.23.0 on) and never reverts."),
+    ),
+    use="compat_patches.apply_all()  # before from_pretrained under a ZeRO-3 DeepSpeed config",
+)
+
+PATCH = Patch(
+    name="transformers-zero3-dropped-keys",
+    summary="DeepSpeed ZeRO-3 from_pretrained keeps Qwen3.5 (MoE) VL language-model weights",
+    upstream="https://github.com/huggingface/transformers/issues/45313",
+    # measured by calling the function on a tiny Qwen3.5 VL and Qwen3.5-MoE VL checkpoint (hub
+    # layout) in every release 5.2.0 - 5.10.0 and 5.15.1, 5.22.2, 5.24.0, 5.25.0: keys dropped on
+    # 5.4.0, 5.5.0 - 5.5.4 only. torch: transformers builds no model without it.
+    affected={"transformers": ">=5.4.0,<5.6.0.dev0", "torch": ">=2.4"},
+    targets=(Target("transformers.integrations.deepspeed:_apply_weight_conversions_to_state_dict",
+                    wrapper=_keep_named_keys, params=PARAMS, check=_returns_a_dict, fixed=_mapping_fixed),),
+    differences="The fallback runs after the release's conversion, so a kept key is added at the end "
+                "of the returned dict (the loader looks keys up by name; order does not matter there).",
+    notes="Not covered: the same function on 5.0.0 drops the keys of MoE checkpoints with converters "
+          "(Qwen2-MoE: all 35 of a fused checkpoint, 31 of 35 per-expert) and raises on 5.1.0 for a "
+          "per-expert checkpoint; that is a different cause (the converter path), measured, not fixed here.",
+    replaces=_REPLACES,
+)
