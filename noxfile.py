@@ -107,7 +107,14 @@ VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.
 TORCHVISION_SHIM = ROOT / ".ci" / "vllm_cpu_torchvision.py"
 
 
-def transformers(version, tags, torch=True, extra=(), records=(), contracts=()):
+# DeepSpeed (an sdist): its build imports torch, so it builds against the shared CPU torch without
+# isolation; no ops are compiled (DeepSpeed's default), its CPU accelerator runs ZeRO-3 on gloo.
+DEEPSPEED_BUILD = ["setuptools", "wheel", "hjson", "ninja", "numpy", "psutil", "py-cpuinfo", "pydantic", "msgpack",
+                   "einops", "nvidia-ml-py"]
+DEEPSPEED = ["--no-build-isolation", "deepspeed==0.19.8"]
+
+
+def transformers(version, tags, torch=True, extra=(), records=(), contracts=(), deepspeed=False):
     """Every transformers record's tests on one release (a full set), or, in a quick set, the tests
     of `records` (the shapes this release is the quick proof of) and the generated contracts of
     `contracts` (each record's contract runs in one quick set; full sets run every one). With torch
@@ -119,8 +126,9 @@ def transformers(version, tags, torch=True, extra=(), records=(), contracts=()):
         tests += [UPSTREAM_RECORDS, *COMMON, f"--contract-records={','.join(contracts) or 'none'}"]
     else:
         tests = TRANSFORMERS
-    return VersionSet([f"transformers=={version}", "pillow", *(["accelerate"] if torch else [])], torch, tags,
-                      [*tests, *extra])
+    return VersionSet([f"transformers=={version}", "pillow", *(["accelerate"] if torch else []),
+                       *(DEEPSPEED_BUILD if deepspeed else [])], torch, tags, [*tests, *extra],
+                      DEEPSPEED if deepspeed else [])
 
 
 def verl(version, transformers, tags):
@@ -163,7 +171,7 @@ VERSION_SETS = {
         "transformers-mamba2-packed-samples", "transformers-trainer-token-count",
         "transformers-qwen3-5-moe-fused-save", "transformers-zero3-dropped-keys"),
         contracts=("transformers-rope-ignore-keys", "transformers-gpt-oss-num-experts",
-                   "transformers-zero3-dropped-keys")),
+                   "transformers-zero3-dropped-keys"), deepspeed=True),  # a real ZeRO-3 from_pretrained
     "transformers-5.8.1": transformers("5.8.1", QUICK, records=(  # init (with 5.8.0 the only affected)
         "transformers-missing-weights-init", "transformers-stale-loss-kwargs", "transformers-trainer-token-count"),
         contracts=("transformers-missing-weights-init",)),

@@ -156,3 +156,30 @@ def test_fixed_release_stays_out_and_keeps_every_key(kind, tmp_path):
 @pytest.mark.requires(transformers=">=5.2.0,<5.4.0")
 def test_release_before_the_rename_is_out_of_range():
     assert not compat_patches._default_manager().in_range(NAME)
+
+
+@pytest.mark.requires(transformers=AFFECTED, deepspeed=">=0.15")
+def test_a_real_zero3_from_pretrained(tmp_path):
+    """DeepSpeed itself: ZeRO-3 partitions the parameters and loads through the function (a fresh
+    process: deepspeed.init_distributed and HfDeepSpeedConfig are process-wide)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    hub_checkpoint("vl", tmp_path)
+    results = {}
+    for mode in ("unpatched", "patched"):
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        child = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "_zero3_child.py"),
+                                str(tmp_path), mode], capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "MASTER_PORT": str(port)})
+        assert child.returncode == 0, child.stderr[-3000:]
+        results[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+    unpatched, patched = results["unpatched"], results["patched"]
+    assert unpatched["zero3"] and patched["zero3"] and patched["status"] == "applied"
+    assert unpatched["differ"] and all(".language_model." in n for n in unpatched["differ"])  # random init
+    assert patched["differ"] == [] and patched["params"] == 49
