@@ -181,7 +181,7 @@ VERSION_SETS = {
         "transformers-vl-processor-ragged-batch"),
         contracts=("transformers-byte-level-tokenizer",)),
     **{f"transformers-{v}": transformers(v, FULL)
-       for v in ("5.0.0rc0", "5.0.0rc3", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
+       for v in ("5.0.0rc0", "5.0.0rc3", "5.0.0", "5.1.0", "5.5.0", "5.5.3", "5.5.4", "5.6.0", "5.7.0", "5.8.0",
                  "5.10.0", "5.10.1", "5.14.1", "5.15.0", "5.16.1", "5.17.0", "5.20.0", "5.21.1", "5.22.0",
                  "5.23.0", "5.24.0")},
     "trl-0.29.0": VersionSet(["transformers==5.24.0", "accelerate", "pillow", *trl_requirements("0.29.0")],

@@ -11,14 +11,16 @@ On 5.4.0 - 5.5.4 the ``qwen3_5_text`` mapping renames ``^model.language_model`` 
 layout loses every language-model weight (embed_tokens, each layer, norm): ZeRO-3 trains on a random
 language model and the load report only says MISSING. 5.5.4 (its ``^model.language_model.`` rename)
 drops the save_pretrained layout too. 5.6.0 replaced the rename by an anchored ``PrefixChange``.
+5.0.0, the function's first release, has a second cause: for a model with converters (Qwen2-MoE,
+Mixtral...) it collects every plain key as a renaming, skips renamings when it converts, and its
+closing loop reads the dict it has already emptied, so only the converted experts survive (a fused
+checkpoint loses every key). 5.1.0 rewrote that path.
 
 The patch wraps that function and applies the normal load's fallback to what it dropped: a
-checkpoint key the release's renamings send to no parameter, and that itself names one (after the
-release's base-model prefix handling), is kept under that name, the same tensor object. Keys the
-release converted or kept are untouched.
+checkpoint key that, renamed as the normal load renames it (falling back to its own name), names a
+parameter and needs no converter is kept under that name, the same tensor object. Keys the release
+converted or kept are untouched.
 """
-
-import inspect
 
 from compat_patches.core import Patch, Target
 from compat_patches.core.record import Copy, Replaces
@@ -45,33 +47,46 @@ def _keep_named_keys(wrapped, instance, args, kwargs):
     params = dict.fromkeys(model.state_dict(), True)  # names only: rename_source_key tests `.get() is not None`
     prefix = model.base_model_prefix
     for key, tensor in checkpoint:
-        renamed, _ = rename_source_key(key, renamings, converters, prefix, params)
-        if renamed in params or key not in params:
-            continue
-        # the normal load's fallback, as core_model_loading does it: no renaming, prefix handling only
-        kept, _ = rename_source_key(key, [], [], prefix, params)
-        if kept in params:
-            result.setdefault(kept, tensor)
+        # the normal load's step 1 (core_model_loading): rename, else keep a key that names a parameter
+        renamed, pattern = rename_source_key(key, renamings, converters, prefix, params)
+        if renamed not in params and key in params:
+            renamed, pattern = rename_source_key(key, [], [], prefix, params)
+        if renamed in params and pattern is None:  # converted keys stay the release's
+            result.setdefault(renamed, tensor)
     return result
 
 
 def _returns_a_dict(original):
     """The wrapper adds to the returned dict: a release that streams (a generator, 5.23.0 on) differs."""
+    import inspect  # not at import time: importing us pulls in none of inspect's dependencies
+
     if inspect.isgeneratorfunction(original):
         return "_apply_weight_conversions_to_state_dict is a generator here, not a dict-returning function"
     return None
 
 
-def _mapping_fixed(original):
-    """A build whose qwen3_5_text mapping no longer renames ^model.language_model (5.6.0's PrefixChange)."""
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+def _drops_keys(original):
+    """Neither cause here: 5.0.0's function (it skips every renamed key of a model with converters)
+    or a qwen3_5_text mapping that renames ^model.language_model (5.6.0 made it a PrefixChange)."""
+    import importlib
+    import sys
+
+    code = getattr(original, "__code__", None)
+    if code is not None and "converted_renamed_keys" in code.co_varnames:
+        return None
+    partial = sys.modules.get("transformers.conversion_mapping")
+    if partial is not None and not hasattr(partial, "get_checkpoint_conversion_mapping"):
+        return None  # hooked while conversion_mapping itself imports: the measured range decides
+    get_checkpoint_conversion_mapping = importlib.import_module(
+        "transformers.conversion_mapping").get_checkpoint_conversion_mapping
     from transformers.core_model_loading import WeightRenaming
 
     for entry in get_checkpoint_conversion_mapping(TEXT_MAPPING) or ():
         if isinstance(entry, WeightRenaming) and any(
                 pattern.startswith(LANGUAGE_MODEL_RENAME) for pattern in entry.source_patterns):
             return None
-    return f"the {TEXT_MAPPING!r} conversion mapping no longer renames {LANGUAGE_MODEL_RENAME!r}"
+    return (f"the function keeps renamed keys and the {TEXT_MAPPING!r} mapping no longer renames "
+            f"{LANGUAGE_MODEL_RENAME!r}")
 
 
 _REPLACES = Replaces(
@@ -87,18 +102,18 @@ _REPLACES = Replaces(
 
 PATCH = Patch(
     name="transformers-zero3-dropped-keys",
-    summary="DeepSpeed ZeRO-3 from_pretrained keeps Qwen3.5 (MoE) VL language-model weights",
+    summary="DeepSpeed ZeRO-3 from_pretrained keeps Qwen3.5 (MoE) VL language-model and 5.0.0 MoE weights",
     upstream="https://github.com/huggingface/transformers/issues/45313",
-    # measured by calling the function on a tiny Qwen3.5 VL and Qwen3.5-MoE VL checkpoint (hub
-    # layout) in every release 5.2.0 - 5.10.0 and 5.15.1, 5.22.2, 5.24.0, 5.25.0: keys dropped on
-    # 5.4.0, 5.5.0 - 5.5.4 only. torch: transformers builds no model without it.
-    affected={"transformers": ">=5.4.0,<5.6.0.dev0", "torch": ">=2.4"},
+    # measured by calling the function on tiny Qwen3.5 VL, Qwen3.5-MoE VL and Qwen2-MoE checkpoints
+    # in every release 5.0.0 - 5.10.0 and 5.15.1, 5.22.2, 5.24.0, 5.25.0 (the rcs have no such
+    # function): keys dropped on 5.0.0 (MoE), 5.4.0 and 5.5.0 - 5.5.4 (Qwen3.5 VL) only. torch:
+    # transformers builds no model without it.
+    affected={"transformers": ">=5.0.0,!=5.1.*,!=5.2.*,!=5.3.*,<5.6.0.dev0", "torch": ">=2.4"},
     targets=(Target("transformers.integrations.deepspeed:_apply_weight_conversions_to_state_dict",
-                    wrapper=_keep_named_keys, params=PARAMS, check=_returns_a_dict, fixed=_mapping_fixed),),
+                    wrapper=_keep_named_keys, params=PARAMS, check=_returns_a_dict, fixed=_drops_keys),),
     differences="The fallback runs after the release's conversion, so a kept key is added at the end "
                 "of the returned dict (the loader looks keys up by name; order does not matter there).",
-    notes="Not covered: the same function on 5.0.0 drops the keys of MoE checkpoints with converters "
-          "(Qwen2-MoE: all 35 of a fused checkpoint, 31 of 35 per-expert) and raises on 5.1.0 for a "
-          "per-expert checkpoint; that is a different cause (the converter path), measured, not fixed here.",
+    notes="Not covered: on 5.1.0 the function raises on a per-expert Qwen2-MoE checkpoint (`Failed to "
+          "apply weight conversion`, inside the release's converter); nothing is dropped silently there.",
     replaces=_REPLACES,
 )

@@ -19,8 +19,9 @@ from .test_qwen3_5_moe_fused_save import TEXT as MOE_TEXT
 from .test_qwen3_5_moe_fused_save import VISION
 
 NAME = "transformers-zero3-dropped-keys"
-AFFECTED = mod.PATCH.affected["transformers"]
-pytestmark = pytest.mark.requires(torch=">=2", transformers=">=5.2.0")
+QWEN3_5_AFFECTED = ">=5.4.0,<5.6.0.dev0"  # the qwen3_5_text rename (the record's range is both)
+MOE_AFFECTED = ">=5.0.0,<5.1.0.dev0"  # 5.0.0's function drops the plain keys of a model with converters
+pytestmark = pytest.mark.requires(torch=">=2", transformers=">=5.0.0")
 TEXT = {k: v for k, v in MOE_TEXT.items()
         if k not in ("moe_intermediate_size", "shared_expert_intermediate_size", "num_experts", "num_experts_per_tok")}
 KINDS = ("vl", "moe-vl", "text", "qwen2-moe")
@@ -89,7 +90,7 @@ def assert_loads_like_the_normal_path(kind, state, path):
     return converted
 
 
-@pytest.mark.requires(transformers=AFFECTED)
+@pytest.mark.requires(transformers=QWEN3_5_AFFECTED)
 @pytest.mark.parametrize("kind", ["vl", "moe-vl"])
 def test_affected_release_drops_the_language_model_unpatched_and_keeps_it_patched(kind, tmp_path):
     model, state = hub_checkpoint(kind, tmp_path)
@@ -102,7 +103,7 @@ def test_affected_release_drops_the_language_model_unpatched_and_keeps_it_patche
     assert all(converted[k] is state[k] for k in lost)  # the checkpoint's tensors, not copies
 
 
-@pytest.mark.requires(transformers=AFFECTED)
+@pytest.mark.requires(transformers=QWEN3_5_AFFECTED)
 @pytest.mark.parametrize("kind", KINDS)
 def test_what_save_pretrained_writes_loads_as_the_normal_load(kind, tmp_path):
     """5.5.4 drops the saved layout too; the other releases keep it, patched or not."""
@@ -111,7 +112,7 @@ def test_what_save_pretrained_writes_loads_as_the_normal_load(kind, tmp_path):
         assert_loads_like_the_normal_path(kind, state, tmp_path)
 
 
-@pytest.mark.requires(transformers=AFFECTED)
+@pytest.mark.requires(transformers=QWEN3_5_AFFECTED)
 @pytest.mark.parametrize("kind", ["text", "qwen2-moe"])
 def test_models_the_bug_never_touched_get_the_unpatched_result(kind, tmp_path):
     _, state = saved_checkpoint(kind, tmp_path)
@@ -122,7 +123,7 @@ def test_models_the_bug_never_touched_get_the_unpatched_result(kind, tmp_path):
     assert all(patched[k] is unpatched[k] or patched[k].equal(unpatched[k]) for k in patched)
 
 
-@pytest.mark.requires(transformers=AFFECTED)
+@pytest.mark.requires(transformers=QWEN3_5_AFFECTED)
 def test_called_by_keyword(tmp_path):
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.integrations import deepspeed
@@ -153,12 +154,24 @@ def test_fixed_release_stays_out_and_keeps_every_key(kind, tmp_path):
         compat_patches.revert_all()
 
 
-@pytest.mark.requires(transformers=">=5.2.0,<5.4.0")
-def test_release_before_the_rename_is_out_of_range():
+@pytest.mark.requires(transformers=MOE_AFFECTED)
+@pytest.mark.parametrize("layout, dropped", [("hub", 35), ("saved", 31)])
+def test_5_0_0_drops_the_plain_keys_of_a_moe_model_unpatched_and_keeps_them_patched(layout, dropped, tmp_path):
+    """Fused (hub) Qwen2-MoE: every key lost; per-expert (what 5.0.0 saves): all but the converted experts."""
+    model, state = (hub_checkpoint if layout == "hub" else saved_checkpoint)("qwen2-moe", tmp_path)
+    _, unpatched = zero3_convert("qwen2-moe", state)
+    assert len(set(model.state_dict()) - set(unpatched)) == dropped
+    with compat_patches.patched(NAME) as report:
+        assert report[NAME].status == "applied", report[NAME]
+        assert_loads_like_the_normal_path("qwen2-moe", state, tmp_path)
+
+
+@pytest.mark.requires(transformers=">=5.1.0,<5.4.0")
+def test_releases_between_the_two_causes_are_out_of_range():
     assert not compat_patches._default_manager().in_range(NAME)
 
 
-@pytest.mark.requires(transformers=AFFECTED, deepspeed=">=0.15")
+@pytest.mark.requires(transformers=QWEN3_5_AFFECTED, deepspeed=">=0.15")
 def test_a_real_zero3_from_pretrained(tmp_path):
     """DeepSpeed itself: ZeRO-3 partitions the parameters and loads through the function (a fresh
     process: deepspeed.init_distributed and HfDeepSpeedConfig are process-wide)."""
@@ -183,3 +196,12 @@ def test_a_real_zero3_from_pretrained(tmp_path):
     assert unpatched["zero3"] and patched["zero3"] and patched["status"] == "applied"
     assert unpatched["differ"] and all(".language_model." in n for n in unpatched["differ"])  # random init
     assert patched["differ"] == [] and patched["params"] == 49
+
+
+def test_the_record_range_is_the_two_measured_causes():
+    from packaging.specifiers import SpecifierSet
+
+    record = SpecifierSet(mod.PATCH.affected["transformers"], prereleases=True)
+    qwen3_5, moe = SpecifierSet(QWEN3_5_AFFECTED, prereleases=True), SpecifierSet(MOE_AFFECTED, prereleases=True)
+    for version in ("5.0.0rc3", "5.0.0", "5.1.0", "5.2.0", "5.3.0", "5.4.0", "5.5.0", "5.5.4", "5.6.0", "5.25.0"):
+        assert (version in record) == (version in qwen3_5 or version in moe), version
