@@ -44,8 +44,8 @@ def _contract_name(item):
 def _deselect(config, items, drop):
     if drop:
         config.hook.pytest_deselected(items=drop)
-        kept = [item for item in items if item not in drop]
-        items[:] = kept
+        dropped = {id(item) for item in drop}
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 def pytest_collection_modifyitems(config, items):
