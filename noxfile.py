@@ -98,7 +98,13 @@ TRL = ["tests/patches/transformers/test_trainer_loss_trl.py", "tests/patches/tra
 
 VLLM = ["tests/patches/vllm", "tests/upstream/vllm", "tests/test_vllm_plugin.py", *COMMON,
         "--contract-libraries=vllm"]
-VLLM_QUICK = ("0.18.0", "0.34.0")  # affected (and vLLM's own plugin loader); newest (V1 runner gone)
+# affected (and vLLM's own plugin loader); newest (V1 runner gone): each with the records whose
+# generated contract it runs
+VLLM_QUICK = {
+    "0.18.0": ("vllm-fused-expert-kwargs", "vllm-layerwise-reload-numel", "vllm-hybrid-fp8-kv-wake",
+               "vllm-moe-reprocess-storage"),
+    "0.34.0": ("vllm-flashinfer-moe-layout", "vllm-hyv4-fused-expert-kwargs", "vllm-stateless-pg-ipv6"),
+}
 VLLM_RELEASES = ("0.18.0", "0.18.1", "0.19.0", "0.19.1", "0.20.0", "0.20.1", "0.20.2", "0.21.0",
                  "0.22.0", "0.22.1", "0.23.0", "0.24.0", "0.25.0", "0.25.1", "0.26.0", "0.27.0",
                  "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0", "0.33.0", "0.34.0")
@@ -137,9 +143,12 @@ def verl(version, transformers, tags):
 
 
 def vllm(version):
-    # vLLM's declared requirements pull CUDA builds; the file pins vllm and what importing its
-    # model modules needs on CPU (see .ci/requirements/).
-    return VersionSet([], True, QUICK if version in VLLM_QUICK else FULL, VLLM,
+    """vLLM's declared requirements pull CUDA builds; the file pins vllm and what importing its
+    model modules needs on CPU (see .ci/requirements/). A quick set runs the contracts of
+    VLLM_QUICK[version] (each vLLM record's in one quick set), a full set every vLLM record's."""
+    quick = version in VLLM_QUICK
+    contracts = [f"--contract-records={','.join(VLLM_QUICK[version])}"] if quick else []
+    return VersionSet([], True, QUICK if quick else FULL, [*VLLM, *contracts],
                       ["-r", f".ci/requirements/vllm-{version}.txt"])
 
 VERSION_SETS = {

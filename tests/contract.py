@@ -18,9 +18,11 @@ from . import contract_child
 ORDERINGS = sorted(set(itertools.permutations(("import", "apply", "apply", "revert"))))
 ORDERINGS += [("apply", "revert", "apply", "import", "revert"), ("import", "apply", "revert", "apply", "revert")]
 
-# Imported once by the fork server instead of by each of the 14 children of every patch: libraries
+# Imported once by the fork server instead of by each of the 16 children of every patch: libraries
 # no record patches (the child fails if a target module was imported before its first step).
-PRELOAD = ("torch",)
+# torch._dynamo and torch._inductor (imported by transformers' and vLLM's modules) cost a child
+# more than torch itself.
+PRELOAD = ("torch", "torch._dynamo", "torch._inductor.standalone_compile")
 _server = None
 _server_lock = threading.Lock()
 
