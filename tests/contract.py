@@ -27,12 +27,17 @@ _server = None
 _server_lock = threading.Lock()
 
 
+def _importable(name):
+    top = name.partition(".")[0]  # find_spec of a submodule imports its package: absent is not an error
+    return importlib.util.find_spec(top) is not None and importlib.util.find_spec(name) is not None
+
+
 def _fork_server():
     global _server
     with _server_lock:
         if _server is None:
             context = multiprocessing.get_context("forkserver")
-            present = [name for name in PRELOAD if importlib.util.find_spec(name) is not None]
+            present = [name for name in PRELOAD if _importable(name)]
             context.set_forkserver_preload([contract_child.__name__, *present])
             _server = context
         return _server

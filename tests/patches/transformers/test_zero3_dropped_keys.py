@@ -21,6 +21,7 @@ from .test_qwen3_5_moe_fused_save import VISION
 NAME = "transformers-zero3-dropped-keys"
 QWEN3_5_AFFECTED = ">=5.4.0,<5.6.0.dev0"  # the qwen3_5_text rename (the record's range is both)
 MOE_AFFECTED = ">=5.0.0,<5.1.0.dev0"  # 5.0.0's function drops the plain keys of a model with converters
+MOE_RAISES = ">=5.1.0,<5.2.0.dev0"  # 5.1.0's unpacks WeightConverter.convert's dict as a pair
 pytestmark = pytest.mark.requires(torch=">=2", transformers=">=5.0.0")
 TEXT = {k: v for k, v in MOE_TEXT.items()
         if k not in ("moe_intermediate_size", "shared_expert_intermediate_size", "num_experts", "num_experts_per_tok")}
@@ -166,42 +167,99 @@ def test_5_0_0_drops_the_plain_keys_of_a_moe_model_unpatched_and_keeps_them_patc
         assert_loads_like_the_normal_path("qwen2-moe", state, tmp_path)
 
 
-@pytest.mark.requires(transformers=">=5.1.0,<5.4.0")
+@pytest.mark.requires(transformers=MOE_RAISES)
+def test_5_1_raises_on_a_per_expert_moe_checkpoint_unpatched_and_loads_it_patched(tmp_path):
+    model, state = saved_checkpoint("qwen2-moe", tmp_path)  # per-expert: the hub layout of real MoE models
+    with pytest.raises(RuntimeError, match="Failed to apply weight conversion"):
+        zero3_convert("qwen2-moe", state)
+    with compat_patches.patched(NAME) as report:
+        assert report[NAME].status == "applied", report[NAME]
+        converted = assert_loads_like_the_normal_path("qwen2-moe", state, tmp_path)
+    plain = [k for k in converted if ".mlp.experts." not in k]
+    assert len(plain) == len(converted) - 4 and all(converted[k] is state[k] for k in plain)
+
+
+@pytest.mark.requires(transformers=MOE_RAISES)
+def test_5_1_a_checkpoint_with_nothing_to_convert_gets_the_unpatched_result(tmp_path):
+    _, state = hub_checkpoint("qwen2-moe", tmp_path)  # already fused
+    _, unpatched = zero3_convert("qwen2-moe", state)
+    with compat_patches.patched(NAME):
+        _, patched = zero3_convert("qwen2-moe", state)
+    assert list(patched) == list(unpatched) and all(patched[k] is unpatched[k] for k in patched)
+
+
+@pytest.mark.requires(transformers=">=5.2.0,<5.4.0")
+def test_the_5_1_conversion_is_the_5_2_release_s_own(tmp_path):
+    """The 5.1 wrapper around 5.2.0's function (the fix): the release's own result, key for key."""
+    import torch
+
+    _, state = saved_checkpoint("qwen2-moe", tmp_path)
+    _, release = zero3_convert("qwen2-moe", state)
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.integrations import deepspeed
+
+    model = build("qwen2-moe")
+    ours = mod._convert_layers_as_5_2(deepspeed._apply_weight_conversions_to_state_dict, None,
+                                      (model, dict(state), get_model_conversion_mapping(model)), {})
+    assert list(ours) == list(release) and all(torch.equal(ours[k], release[k]) for k in ours)
+
+
+@pytest.mark.requires(transformers=">=5.2.0,<5.4.0")
 def test_releases_between_the_two_causes_are_out_of_range():
     assert not compat_patches._default_manager().in_range(NAME)
 
 
-@pytest.mark.requires(transformers=QWEN3_5_AFFECTED, deepspeed=">=0.15")
-def test_a_real_zero3_from_pretrained(tmp_path):
-    """DeepSpeed itself: ZeRO-3 partitions the parameters and loads through the function (a fresh
-    process: deepspeed.init_distributed and HfDeepSpeedConfig are process-wide)."""
+def _zero3_from_pretrained(path, cls):
+    """Unpatched and patched, each in a fresh process (deepspeed.init_distributed and HfDeepSpeedConfig
+    are process-wide)."""
     import json
     import os
     import socket
     import subprocess
     import sys
 
-    hub_checkpoint("vl", tmp_path)
     results = {}
     for mode in ("unpatched", "patched"):
         with socket.socket() as free:
             free.bind(("127.0.0.1", 0))
             port = free.getsockname()[1]
         child = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "_zero3_child.py"),
-                                str(tmp_path), mode], capture_output=True, text=True, timeout=300,
+                                str(path), cls, mode], capture_output=True, text=True, timeout=300,
                                env={**os.environ, "MASTER_PORT": str(port)})
         assert child.returncode == 0, child.stderr[-3000:]
         results[mode] = json.loads(child.stdout.strip().splitlines()[-1])
-    unpatched, patched = results["unpatched"], results["patched"]
+    return results["unpatched"], results["patched"]
+
+
+@pytest.mark.requires(transformers=QWEN3_5_AFFECTED, deepspeed=">=0.15")
+def test_a_real_zero3_from_pretrained(tmp_path):
+    """DeepSpeed itself: ZeRO-3 partitions the parameters and loads through the function."""
+    hub_checkpoint("vl", tmp_path)
+    unpatched, patched = _zero3_from_pretrained(tmp_path, "Qwen3_5ForConditionalGeneration")
     assert unpatched["zero3"] and patched["zero3"] and patched["status"] == "applied"
     assert unpatched["differ"] and all(".language_model." in n for n in unpatched["differ"])  # random init
     assert patched["differ"] == [] and patched["params"] == 49
 
 
-def test_the_record_range_is_the_two_measured_causes():
+@pytest.mark.requires(transformers=">=5.0.0,<5.2.0.dev0", deepspeed=">=0.15")
+def test_a_real_zero3_from_pretrained_of_a_per_expert_moe_checkpoint(tmp_path):
+    """5.0.0 leaves all but the experts at random init, 5.1.0 raises; patched, both load it."""
+    import transformers
+
+    saved_checkpoint("qwen2-moe", tmp_path)
+    unpatched, patched = _zero3_from_pretrained(tmp_path, "Qwen2MoeForCausalLM")
+    if transformers.__version__.startswith("5.1."):
+        assert "Failed to apply weight conversion" in unpatched["raised"]
+    else:
+        assert unpatched["zero3"] and unpatched["differ"] and not any(".experts." in n for n in unpatched["differ"])
+    assert patched["status"] == "applied" and patched["zero3"] and patched["differ"] == []
+    assert patched["params"] == 35
+
+
+def test_the_record_range_is_the_three_measured_causes():
     from packaging.specifiers import SpecifierSet
 
     record = SpecifierSet(mod.PATCH.affected["transformers"], prereleases=True)
-    qwen3_5, moe = SpecifierSet(QWEN3_5_AFFECTED, prereleases=True), SpecifierSet(MOE_AFFECTED, prereleases=True)
+    causes = [SpecifierSet(spec, prereleases=True) for spec in (QWEN3_5_AFFECTED, MOE_AFFECTED, MOE_RAISES)]
     for version in ("5.0.0rc3", "5.0.0", "5.1.0", "5.2.0", "5.3.0", "5.4.0", "5.5.0", "5.5.4", "5.6.0", "5.25.0"):
-        assert (version in record) == (version in qwen3_5 or version in moe), version
+        assert (version in record) == any(version in cause for cause in causes), version
