@@ -40,14 +40,21 @@ def _bind(args, kwargs):
     return values["model"], values["state_dict"], values["weight_mapping"]
 
 
+def _split(weight_mapping):
+    """(renamings, converters) of a conversion mapping, as the release splits it."""
+    from transformers.core_model_loading import WeightConverter, WeightRenaming
+
+    return ([entry for entry in weight_mapping if isinstance(entry, WeightRenaming)],
+            [entry for entry in weight_mapping if isinstance(entry, WeightConverter)])
+
+
 def _keep_named_keys(wrapped, instance, args, kwargs):
     model, state_dict, weight_mapping = _bind(args, kwargs)
     checkpoint = list(state_dict.items())  # the release pops the caller's dict as it goes
     result = wrapped(*args, **kwargs)
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    from transformers.core_model_loading import rename_source_key
 
-    renamings = [entry for entry in weight_mapping if isinstance(entry, WeightRenaming)]
-    converters = [entry for entry in weight_mapping if isinstance(entry, WeightConverter)]
+    renamings, converters = _split(weight_mapping)
     params = dict.fromkeys(model.state_dict(), True)  # names only: rename_source_key tests `.get() is not None`
     prefix = model.base_model_prefix
     for key, tensor in checkpoint:
@@ -63,10 +70,9 @@ def _keep_named_keys(wrapped, instance, args, kwargs):
 def _convert_layers_as_5_2(wrapped, instance, args, kwargs):
     """5.1.x: the converted layers as 5.2.0 converts them; every other key through the release."""
     model, state_dict, weight_mapping = _bind(args, kwargs)
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
+    from transformers.core_model_loading import WeightConverter, dot_natural_key, rename_source_key
 
-    renamings = [entry for entry in weight_mapping if isinstance(entry, WeightRenaming)]
-    converters = [entry for entry in weight_mapping if isinstance(entry, WeightConverter)]
+    renamings, converters = _split(weight_mapping)
     if not converters:  # the release's fast path converts nothing
         return wrapped(*args, **kwargs)
     params = dict.fromkeys(model.state_dict(), True)
